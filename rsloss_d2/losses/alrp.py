@@ -1,0 +1,192 @@
+"""aLRP Loss (Oksuz et al., NeurIPS 2020), the official algorithm without its loop, + self-balance.
+
+Spec: ``shared/spec/ranking_losses.md`` §3. Values and the identity-update gradient equal those of
+the official per-positive loop (:func:`rsloss_d2.losses.reference.alrp_loss_reference`) up to
+float rounding. Both the positive–negative and the positive–positive sums of the smoothed step
+go through sorted breakpoints and prefix sums (:mod:`._step_sums`), O((P + N) log P); no P×N and
+no P×P matrix is built.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ._step_sums import (
+    PointBins,
+    StepBins,
+    no_autocast,
+    prepare_inputs,
+    step_sums_over_points,
+)
+
+__all__ = ["alrp_loss", "ALRPFunction", "ALRPSelfBalance"]
+
+_ALRP_EPS = 1e-5  # official eps of the "N_FP(i) > eps" test (spec §3.2)
+
+
+class ALRPFunction(torch.autograd.Function):
+    """Autograd Function of the aLRP classification component.
+
+    ``forward(s, t, loc_errors, delta) -> (loss_cls, rank, order)``: ``s``/``t`` flat (M,),
+    ``loc_errors`` (P,) (its values only are used). ``rank`` (P,) and ``order`` (P,) (ascending
+    stable argsort of the positive logits) are non-differentiable. ``backward`` returns the stored
+    identity-update gradient times the upstream gradient of ``loss_cls``, nothing for
+    ``loc_errors`` (spec §3.2).
+    """
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, t: torch.Tensor, loc_errors: torch.Tensor, delta: float):
+        with no_autocast(s.device.type):
+            loss_cls, rank, order, grad = _alrp_forward(s.detach(), t, loc_errors.detach(), delta)
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(rank, order)
+        return loss_cls, rank, order
+
+    @staticmethod
+    def backward(ctx, grad_cls, grad_rank, grad_order):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_cls, None, None, None
+
+
+def _alrp_forward(s: torch.Tensor, t: torch.Tensor, loc: torch.Tensor, delta: float):
+    pos = t == 1
+    neg = t == 0
+    pos_idx = pos.nonzero().squeeze(1)
+    num_fg = pos_idx.numel()
+    if loc.numel() != num_fg:
+        raise ValueError(
+            f"alrp_loss: loc_errors has {loc.numel()} entries for {num_fg} positives"
+        )
+    if num_fg == 0:
+        empty = s.new_zeros(0)
+        return (s.new_zeros(()), empty, torch.zeros(0, dtype=torch.long, device=s.device),
+                torch.zeros_like(s))
+    fg_s = s[pos_idx]
+    loc = loc.to(s.dtype)
+    bins = StepBins(fg_s, delta)
+    negatives = PointBins(bins, s, neg)
+    fp_num = negatives.sums_at_centers()  # float64 (P,)
+    # Positive–positive sums with the self term H(0) = 1/2 removed (spec §3.1: "j ≠ i").
+    pos_sum = step_sums_over_points(bins, fg_s) - 0.5
+    loc_sum = step_sums_over_points(bins, fg_s, loc) - 0.5 * loc.to(torch.float64)
+    fp_num = fp_num.to(s.dtype)
+    rank_pos = 1 + pos_sum.to(s.dtype)
+    rank = rank_pos + fp_num
+    prec = rank_pos / rank
+    step = fp_num > _ALRP_EPS
+    zeros = torch.zeros_like(fp_num)
+    fg_grad = torch.where(step, -(loc_sum.to(s.dtype) + fp_num) / rank, zeros)
+    neg_weight = torch.where(step, -fg_grad / fp_num.clamp_min(_ALRP_EPS), zeros) / num_fg
+    alpha, beta = bins.tables(neg_weight)
+    grad = negatives.evaluate(alpha, beta, s.dtype)
+    grad[pos_idx] = fg_grad / num_fg
+    order = torch.argsort(fg_s, stable=True)
+    return 1 - prec.mean(), rank, order, grad
+
+
+def alrp_loss(
+    logits: torch.Tensor, targets: torch.Tensor, loc_errors: torch.Tensor, delta: float = 1.0
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """aLRP Loss (spec §3; Oksuz et al. 2020, Eq. 10–12, official identity update).
+
+    Args:
+        logits: any shape; fp16/bf16/fp32 computed in fp32 (also under autocast), fp64 in fp64.
+        targets: same number of elements; ``1`` positive, ``0`` negative, anything else (−1)
+            ignored.
+        loc_errors: (P,) localisation error of every positive (e.g. 1 − GIoU), in the order of
+            ``logits.flatten()[targets.flatten() == 1]``.
+        delta: δ > 0 of the smoothed step.
+
+    Returns:
+        ``(loss_cls, loss_loc)`` scalars in the compute dtype.
+        ``loss_cls`` = 1 − mean prec(i); its gradient (identity update, spec §3.2) goes to
+        ``logits`` only and uses the *values* of ``loc_errors``.
+        ``loss_loc`` = (1/|P|) Σ_m (Σ_{q≤m} ℓ_loc(π(q))) / rank(π(m)) over the positives sorted by
+        descending logit π (spec §3.3; among equal logits the later one in the flat order comes
+        first, i.e. the reverse of a stable ascending argsort), with detached ranks: ordinary
+        autograd, so its gradient goes to ``loc_errors`` only. Without positives both are zeros
+        attached to the graph (of ``logits`` and ``loc_errors``) with zero gradient.
+
+    Raises:
+        FloatingPointError: NaN/Inf in ``logits``. ValueError: wrong number of ``loc_errors``.
+    """
+    if not delta > 0:
+        raise ValueError(f"alrp_loss: delta must be > 0, got {delta}")
+    with no_autocast(logits.device.type):
+        s, t = prepare_inputs("alrp_loss", logits, targets)
+        loc = loc_errors.reshape(-1)
+        loc = loc.to(s.dtype) if torch.is_floating_point(loc) else loc.to(s.dtype)
+        loss_cls, rank, order = ALRPFunction.apply(s, t, loc, float(delta))
+        if order.numel() == 0:
+            return loss_cls, loc.sum() * 0
+        desc = order.flip(0)
+        loss_loc = (torch.cumsum(loc[desc], 0) / rank[desc].detach()).mean()
+        return loss_cls, loss_loc
+
+
+class ALRPSelfBalance(nn.Module):
+    """Self-balance weight of aLRP Loss (spec §3.4): ``total = L_cls + weight · L_loc``.
+
+    ``weight`` starts at ``init_weight`` (50). Call :meth:`update` once per training iteration
+    with the two *unweighted* losses; their detached values are accumulated on the device (no host
+    synchronisation) and after every ``period`` calls
+    ``weight = (mean L_loc + mean L_cls) / mean L_loc`` and the accumulators are reset.
+    ``period`` should be the number of iterations per epoch, derived from dataset size and batch
+    size by the caller (the official heads hard-code 3665 / 7330).
+
+    Cross-process behaviour: by default every process keeps its own statistics, like the official
+    code, so the weights may differ slightly between GPUs. Pass ``reduce_fn`` to make them
+    identical: it is called with a float64 tensor ``[Σ L_cls, Σ L_loc, count]`` at each update of
+    the weight (on every process, at the same iteration) and must return the cross-process sum,
+    e.g. ``lambda x: (torch.distributed.all_reduce(x), x)[1]``.
+
+    State (``weight``, the sums and the call counter) lives in buffers, so it is saved and
+    restored with the model's ``state_dict`` and moves with ``.to(device)``.
+    """
+
+    def __init__(self, period: int, init_weight: float = 50.0,
+                 reduce_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+        super().__init__()
+        if period < 1:
+            raise ValueError(f"ALRPSelfBalance: period must be >= 1, got {period}")
+        self.period = int(period)
+        self.init_weight = float(init_weight)
+        self.reduce_fn = reduce_fn
+        self.register_buffer("weight", torch.tensor(float(init_weight), dtype=torch.float64))
+        # [Σ L_cls, Σ L_loc, number of calls] since the last update of the weight.
+        self.register_buffer("stats", torch.zeros(3, dtype=torch.float64))
+        self.register_buffer("num_calls", torch.zeros((), dtype=torch.long))
+        self._calls = 0  # host mirror of ``num_calls`` (kept in sync, avoids a sync per step)
+
+    def update(self, loss_cls: torch.Tensor, loss_loc: torch.Tensor) -> torch.Tensor:
+        """Accumulate one iteration; returns the (possibly new) weight (float64 scalar tensor)."""
+        dev = self.stats.device
+        one = torch.ones((), dtype=torch.float64, device=dev)
+        vals = torch.stack([
+            torch.as_tensor(loss_cls).detach().to(device=dev, dtype=torch.float64).reshape(()),
+            torch.as_tensor(loss_loc).detach().to(device=dev, dtype=torch.float64).reshape(()),
+            one,
+        ])
+        self.stats += vals
+        self._calls += 1
+        self.num_calls.fill_(self._calls)
+        if self._calls >= self.period:
+            stats = self.stats.clone()
+            if self.reduce_fn is not None:
+                stats = self.reduce_fn(stats)
+            mean_cls = stats[0] / stats[2]
+            mean_loc = stats[1] / stats[2]
+            self.weight.copy_((mean_loc + mean_cls) / mean_loc)
+            self.stats.zero_()
+            self._calls = 0
+            self.num_calls.zero_()
+        return self.weight
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._calls = int(self.num_calls)  # one host read at load time only
+
+    def extra_repr(self) -> str:
+        return f"period={self.period}, init_weight={self.init_weight}"

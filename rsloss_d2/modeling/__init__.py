@@ -1,0 +1,1 @@
+"""Model components; importing the submodules registers them in Detectron2's registries."""

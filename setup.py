@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+# rsloss_d2: ranking-based and long-tail losses for Detectron2.
+# Install through `bash tools/install.sh`, which also installs torch and detectron2
+# (detectron2 is not on PyPI under its own name, so it is not listed in install_requires).
+from setuptools import find_packages, setup
+
+setup(
+    name="rsloss_d2",
+    version="0.1.0",
+    description="Rank & Sort, aLRP, AP losses and oLRP evaluation for Detectron2",
+    packages=find_packages(include=["rsloss_d2", "rsloss_d2.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "numpy>=1.24",
+        "pycocotools>=2.0.7",
+        "lvis==0.5.3",
+        "fvcore",
+        "opencv-python-headless",
+        "tqdm",
+        "matplotlib",
+    ],
+    entry_points={
+        "console_scripts": [
+            "rsloss-make-shapes=rsloss_d2.data.synthetic:main",
+        ]
+    },
+)

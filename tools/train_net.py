@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Train / evaluate rsloss_d2 models: Detectron2's `DefaultTrainer` with rsloss_d2's config keys,
+datasets and evaluators.
+
+    python tools/train_net.py --config-file configs/shapes/mask_rcnn_R_18_FPN_quick.yaml
+    python tools/train_net.py --config-file X --num-gpus 8 SOLVER.IMS_PER_BATCH 16
+    python tools/train_net.py --config-file X --eval-only MODEL.WEIGHTS output/model_final.pth
+    python tools/train_net.py --config-file X --resume      # continue from OUTPUT_DIR/last_checkpoint
+
+Without a GPU (MODEL.DEVICE cpu), `--num-gpus N` starts N CPU processes that train with
+DistributedDataParallel over gloo.
+"""
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import torch  # noqa: E402
+
+import detectron2.utils.comm as comm  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.evaluation import verify_results  # noqa: E402
+
+from rsloss_d2 import add_rsloss_config  # noqa: E402
+from rsloss_d2.data import check_dataset_files  # noqa: E402
+from rsloss_d2.evaluation.build import build_evaluator  # noqa: E402
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer whose evaluator is chosen from the dataset's metadata (COCO or LVIS, with
+    Optimal LRP beside AP when cfg.TEST.OLRP.ENABLED)."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_rsloss_config(cfg)  # before merging, so rsloss_d2 keys are known and typos are errors
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
+        logging.getLogger("rsloss_d2").warning("CUDA is not available: using MODEL.DEVICE=cpu")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    check_dataset_files(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def invoke_main():
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()
