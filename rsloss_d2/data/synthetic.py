@@ -171,10 +171,12 @@ def _bbox_of(mask):
     return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
 
 
-def _sample_half_extent(rng):
+def _sample_half_extent(rng, image_size):
+    """Half extent of a new object; the bins are for 256-pixel images and scale with the size."""
     name = rng.choice(["small", "medium", "large"], p=[0.35, 0.45, 0.2])
     lo, hi = _SIZE_BINS[name]
-    return float(np.exp(rng.uniform(math.log(lo), math.log(hi))))
+    scale = image_size / 256.0
+    return float(np.exp(rng.uniform(math.log(lo), math.log(hi)))) * scale
 
 
 def _render_image(rng, size, objects, crowd=None):
@@ -197,11 +199,11 @@ def _render_image(rng, size, objects, crowd=None):
         masks.append(m)
     if crowd is not None:
         cat, n = crowd
-        cx, cy = rng.uniform(40, size - 40, size=2)
+        cx, cy = rng.uniform(0.15 * size, 0.85 * size, size=2)
         union = np.zeros((size, size), np.uint8)
         for _ in range(n):
-            r = rng.uniform(3, 5)
-            ox, oy = rng.normal(0, 12, size=2)
+            r = rng.uniform(3, 5) * max(size / 256.0, 0.5)
+            ox, oy = rng.normal(0, 12 * size / 256.0, size=2)
             poly = _polygon(cat["form"], r, rng) + [cx + ox, cy + oy]
             m = np.zeros((size, size), np.uint8)
             cv2.fillPoly(m, [np.round(poly * 4).astype(np.int32)], 1, shift=2)
@@ -246,7 +248,7 @@ def generate_shapes(root, split, num_images, image_size=256, seed=0, progress=Tr
         empty = rng.random() < 0.06
         n_obj = 0 if empty else int(rng.integers(1, 7))
         objects = [(SHAPES_CATEGORIES[int(rng.integers(len(SHAPES_CATEGORIES)))],
-                    _sample_half_extent(rng)) for _ in range(n_obj)]
+                    _sample_half_extent(rng, image_size)) for _ in range(n_obj)]
         crowd = None
         if not empty and rng.random() < 0.05:
             crowd = (SHAPES_CATEGORIES[int(rng.integers(len(SHAPES_CATEGORIES)))],
@@ -335,7 +337,7 @@ def generate_shapes_lt(root, split, num_images, image_size=256, seed=0, progress
         objects = []
         for cat in per_image[idx][:6]:  # at most 6 categories per image
             for _ in range(int(rng.integers(1, 3))):
-                objects.append((cat, _sample_half_extent(rng)))
+                objects.append((cat, _sample_half_extent(rng, image_size)))
         order = rng.permutation(len(objects))
         objects = [objects[i] for i in order]
         img, masks = _render_image(rng, image_size, objects)

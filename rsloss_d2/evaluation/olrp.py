@@ -26,7 +26,7 @@ import pycocotools.mask as mask_utils
 
 from .olrp_core import AREA_RANGES, accumulate, match, rank_in_groups
 
-__all__ = ["compute_olrp", "compute_olrp_lvis", "load_gt_dataset"]
+__all__ = ["compute_olrp", "compute_olrp_lvis", "lrp_curves", "load_gt_dataset"]
 
 _SUFFIXES = ("", "_s", "_m", "_l")
 _FREQUENCIES = ("r", "c", "f")
@@ -110,7 +110,7 @@ class _Data:
         if iou_type not in ("bbox", "segm"):
             raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
         self.iou_type = iou_type
-        images = {im["id"]: im for im in _column_list(gt["images"], "image")}
+        self.all_images = images = {im["id"]: im for im in _column_list(gt["images"], "image")}
         self.cat_ids = sorted({c["id"] for c in _column_list(gt["categories"], "category")})
         cat_index = {c: i for i, c in enumerate(self.cat_ids)}
         all_img_ids = sorted(images)
@@ -163,15 +163,15 @@ class _Data:
         """Areas, and boxes or RLEs, of the detections (rule of COCO.loadRes / LVISResults: the
         area is the box area if the first result has a box, else the mask area)."""
         dets = self.dets
-        imgs = self.images_by_id = {im["id"]: im for im in self.images}
+        imgs = self.all_images
         need_rle = self.iou_type == "segm" or not box_area_rule
         rles = None
         if need_rle:
             segs = _column(dets, "segmentation", "detection")
             rles = []
             for d, s in zip(dets, segs):
-                im = imgs.get(d["image_id"])
-                rles.append(_to_rle(s, im["height"], im["width"]) if im is not None else s)
+                im = imgs[d["image_id"]]
+                rles.append(_to_rle(s, im.get("height"), im.get("width")))
         if box_area_rule:
             boxes = _boxes(_column(dets, "bbox", "detection"), "detection")
             area = boxes[:, 2] * boxes[:, 3]
@@ -194,9 +194,9 @@ def _column_list(items, what):
 
 
 # ------------------------------------------------------------------------------- evaluation
-def _evaluate(data, keep, tau, max_dets_per_group, det_unmatched_ignore=None):
+def _evaluate(data, keep, tau, max_dets_per_group, det_unmatched_ignore=None, curves=False):
     """Run matching + accumulation on the detections `keep` (indices into data's arrays)."""
-    K, n_img = len(data.cat_ids), len(data.img_ids)
+    K = len(data.cat_ids)
     det_img, det_cat = data.det_img[keep], data.det_cat[keep]
     det_group = det_img * K + det_cat
     perm, rank = rank_in_groups(det_group, data.det_score[keep], data.det_order[keep])
@@ -226,9 +226,8 @@ def _evaluate(data, keep, tau, max_dets_per_group, det_unmatched_ignore=None):
     for a, (lo, hi) in enumerate(AREA_RANGES):
         ok = ~data.gt_ignore & (data.gt_area >= lo) & (data.gt_area <= hi)
         npig[:, a] = np.bincount(data.gt_cat[ok], minlength=K)
-    del n_img
     return accumulate(det_cat[perm], det_img[perm], rank, data.det_score[sel], matched, ignored,
-                      iou, npig, tau)
+                      iou, npig, tau, curves=curves)
 
 
 def _mean_percent(values):
@@ -286,17 +285,33 @@ def compute_olrp(gt, detections, iou_type="bbox", tau=0.5, max_dets=100, img_ids
     non-empty `bbox`, else the mask area (Detectron2 drops `bbox` from mask results for that
     reason). A match to a GT with annotation id 0 counts as unmatched, as in pycocotools.
     """
+    acc, cat_ids = _coco_accumulate(gt, detections, iou_type, tau, max_dets, img_ids)
+    return _results(acc, cat_ids)
+
+
+def lrp_curves(gt, detections, iou_type="bbox", tau=0.5, max_dets=100, img_ids=None):
+    """LRP at every score threshold (area "all"), with the bookkeeping of `compute_olrp`.
+
+    Returns:
+        {category_id: {"score", "LRP", "TP", "FP", "FN", "loc"}} for the categories with GT and
+        detections: float64 arrays over the class's detections in evaluation order (descending
+        score); entry n is the prefix ending at detection n, i.e. the score threshold
+        `score[n]`. "LRP" is a fraction in [0, 1] (not a percentage); "loc" = sum of 1 - IoU
+        over the TPs. Ignored detections occupy a position with unchanged counts.
+    """
+    acc, cat_ids = _coco_accumulate(gt, detections, iou_type, tau, max_dets, img_ids, True)
+    return {cat_ids[k]: v for k, v in acc["curves"].items()}
+
+
+def _coco_accumulate(gt, detections, iou_type, tau, max_dets, img_ids, curves=False):
     gt = load_gt_dataset(gt)
     dets = _load_detections(detections)
     data = _Data(gt, dets, iou_type, img_ids, lvis=False)
-    box_rule = bool(dets) and bool(dets[0].get("bbox")) if iou_type == "bbox" else (
-        bool(dets) and "bbox" in dets[0] and dets[0]["bbox"] != [])
-    if iou_type == "bbox" and dets and "bbox" in dets[0] and dets[0]["bbox"] == []:
-        box_rule = False
+    # COCO.loadRes: `'bbox' in anns[0] and not anns[0]['bbox'] == []`
+    box_rule = bool(dets) and "bbox" in dets[0] and len(dets[0]["bbox"]) > 0
     data.detection_geometry(box_rule)
     keep = np.nonzero(data.det_img >= 0)[0]  # detections of images outside `img_ids` are dropped
-    acc = _evaluate(data, keep, tau, max_dets)
-    return _results(acc, data.cat_ids)
+    return _evaluate(data, keep, tau, max_dets, curves=curves), data.cat_ids
 
 
 def compute_olrp_lvis(gt, detections, iou_type="bbox", tau=0.5, max_dets=300):

@@ -153,7 +153,7 @@ def match(det_group, det_rank, det_area, gt_group, gt_area, gt_crowd, gt_ignore,
                 cand_reg = cand & ~ign
                 use = np.where(cand_reg.any(-1, keepdims=True), cand_reg, cand)
                 val = np.where(use, row[None], -np.inf)
-                j = w - 1 - np.argmax(val[..., ::-1], axis=-1)  # last maximum = COCO's tie rule
+                j = np.argmax(val, axis=-1)  # last maximum = COCO's tie rule
                 hit = use.any(-1)  # (A, m)
                 a_idx, m_idx = np.nonzero(hit)
                 jj = j[a_idx, m_idx]
@@ -175,7 +175,8 @@ def match(det_group, det_rank, det_area, gt_group, gt_area, gt_crowd, gt_ignore,
     return counted, ignored, np.where(counted, iou_out, 0.0)
 
 
-def accumulate(det_cat, det_img, det_rank, det_score, matched, ignored, iou, npig, tau):
+def accumulate(det_cat, det_img, det_rank, det_score, matched, ignored, iou, npig, tau,
+               curves=False):
     """LRP-optimal values per category and area range (spec §2, `accumulate()` step 1-7).
 
     Args:
@@ -186,12 +187,15 @@ def accumulate(det_cat, det_img, det_rank, det_score, matched, ignored, iou, npi
         matched, ignored: bool (A, D); iou: float64 (A, D) (outputs of `match`).
         npig: int64 (K, A) number of non-ignored GTs per category and area range.
         tau: the IoU threshold (LRP normalises the localisation error by 1 - tau).
+        curves: also return, under "curves", {k: {"score", "LRP", "TP", "FP", "FN", "loc"}}: the
+            per-prefix arrays of area range 0 for each category k with GT there.
     Returns:
         dict of float64 (K, A) arrays "olrp", "loc", "fp", "fn", "thr": -1 where the category
         has no non-ignored GT in that range, NaN for the components that are undefined.
     """
     K, A = npig.shape
     out = {k: np.full((K, A), -1.0) for k in ("olrp", "loc", "fp", "fn", "thr")}
+    out["curves"] = {}
     order = np.lexsort((det_rank, det_img, -det_score, det_cat))
     cats = det_cat[order]
     bounds = np.searchsorted(cats, np.arange(K + 1))
@@ -211,6 +215,9 @@ def accumulate(det_cat, det_img, det_rank, det_score, matched, ignored, iou, npi
             loc = tp - np.cumsum(iou[np.ix_(areas, idx)] * tps, axis=1)
             fn = n_gt - tp
             lrp = (loc / (1 - tau) + fp + fn) / (tp + fp + fn)
+            if curves and areas[0] == 0:
+                out["curves"][k] = {"score": det_score[idx], "LRP": lrp[0], "TP": tp[0],
+                                    "FP": fp[0], "FN": fn[0], "loc": loc[0]}
         for i, a in enumerate(areas):
             if len(idx) == 0 or tp[i, -1] == 0:
                 vals = (1.0, np.nan, np.nan, 1.0, np.nan)

@@ -1,2 +1,28 @@
-"""Pure-PyTorch losses (no Detectron2 imports)."""
-from .rank_sort import rank_sort_loss  # noqa: F401
+"""Pure-PyTorch losses (no Detectron2 imports).
+
+Ranking-based losses with the official identity-update gradients, computed without the official
+per-positive loop (see ``_step_sums.py`` for the algorithm):
+
+* :func:`rank_sort_loss` — Rank & Sort Loss (``rank_sort.py``),
+* :func:`alrp_loss` and :class:`ALRPSelfBalance` — aLRP Loss and its self-balance (``alrp.py``),
+* :func:`ap_loss` — AP Loss (``ap.py``),
+
+and the glue the detection heads need (``utils.py``): :func:`vectorize_labels`,
+:func:`positive_score_weights`, :func:`score_weighted_mean`, :func:`value_balanced`.
+``reference.py`` holds the slow per-positive loops used by the tests and the benchmark.
+"""
+from .alrp import ALRPSelfBalance, alrp_loss
+from .ap import ap_loss
+from .rank_sort import rank_sort_loss
+from .utils import positive_score_weights, score_weighted_mean, value_balanced, vectorize_labels
+
+__all__ = [
+    "rank_sort_loss",
+    "alrp_loss",
+    "ap_loss",
+    "ALRPSelfBalance",
+    "vectorize_labels",
+    "positive_score_weights",
+    "score_weighted_mean",
+    "value_balanced",
+]

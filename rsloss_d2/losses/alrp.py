@@ -116,8 +116,7 @@ def alrp_loss(
         raise ValueError(f"alrp_loss: delta must be > 0, got {delta}")
     with no_autocast(logits.device.type):
         s, t = prepare_inputs("alrp_loss", logits, targets)
-        loc = loc_errors.reshape(-1)
-        loc = loc.to(s.dtype) if torch.is_floating_point(loc) else loc.to(s.dtype)
+        loc = loc_errors.reshape(-1).to(s.dtype)
         loss_cls, rank, order = ALRPFunction.apply(s, t, loc, float(delta))
         if order.numel() == 0:
             return loss_cls, loc.sum() * 0
@@ -132,7 +131,8 @@ class ALRPSelfBalance(nn.Module):
     ``weight`` starts at ``init_weight`` (50). Call :meth:`update` once per training iteration
     with the two *unweighted* losses; their detached values are accumulated on the device (no host
     synchronisation) and after every ``period`` calls
-    ``weight = (mean L_loc + mean L_cls) / mean L_loc`` and the accumulators are reset.
+    ``weight = (mean L_loc + mean L_cls) / mean L_loc`` and the accumulators are reset (if the
+    mean L_loc is 0 the weight is kept rather than set to inf).
     ``period`` should be the number of iterations per epoch, derived from dataset size and batch
     size by the caller (the official heads hard-code 3665 / 7330).
 
@@ -154,14 +154,15 @@ class ALRPSelfBalance(nn.Module):
         self.period = int(period)
         self.init_weight = float(init_weight)
         self.reduce_fn = reduce_fn
-        self.register_buffer("weight", torch.tensor(float(init_weight), dtype=torch.float64))
+        # float32 so that ``loss_loc * weight`` keeps the dtype of a float32 loss.
+        self.register_buffer("weight", torch.tensor(float(init_weight), dtype=torch.float32))
         # [Σ L_cls, Σ L_loc, number of calls] since the last update of the weight.
         self.register_buffer("stats", torch.zeros(3, dtype=torch.float64))
         self.register_buffer("num_calls", torch.zeros((), dtype=torch.long))
         self._calls = 0  # host mirror of ``num_calls`` (kept in sync, avoids a sync per step)
 
     def update(self, loss_cls: torch.Tensor, loss_loc: torch.Tensor) -> torch.Tensor:
-        """Accumulate one iteration; returns the (possibly new) weight (float64 scalar tensor)."""
+        """Accumulate one iteration; returns the (possibly new) weight (float32 scalar tensor)."""
         dev = self.stats.device
         one = torch.ones((), dtype=torch.float64, device=dev)
         vals = torch.stack([
@@ -178,7 +179,9 @@ class ALRPSelfBalance(nn.Module):
                 stats = self.reduce_fn(stats)
             mean_cls = stats[0] / stats[2]
             mean_loc = stats[1] / stats[2]
-            self.weight.copy_((mean_loc + mean_cls) / mean_loc)
+            new = (mean_loc + mean_cls) / mean_loc
+            # mean L_loc = 0 (never in practice) would give inf: keep the previous weight then.
+            self.weight.copy_(torch.where(mean_loc > 0, new, self.weight.to(new.dtype)))
             self.stats.zero_()
             self._calls = 0
             self.num_calls.zero_()

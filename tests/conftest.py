@@ -1,0 +1,57 @@
+"""Shared fixtures: a small generated dataset root and one short real training + evaluation
+through tools/train_net.py, reused by the end-to-end tests (train, eval-only, demo, plots, oLRP)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
+QUICK_CONFIG = os.path.join(REPO, "configs", "shapes", "mask_rcnn_R_18_FPN_quick.yaml")
+
+# The short schedule used by the end-to-end tests (the README's main job runs 650 iterations).
+E2E_OVERRIDES = [
+    "SOLVER.MAX_ITER", "150", "SOLVER.STEPS", "(120,)", "SOLVER.WARMUP_ITERS", "30",
+    "SOLVER.CHECKPOINT_PERIOD", "1000", "DATALOADER.NUM_WORKERS", "0", "SEED", "1",
+]
+
+
+def run_train_net(args, datasets_root, timeout=900, check=True):
+    """Run tools/train_net.py in a subprocess; returns the CompletedProcess (stdout+stderr)."""
+    env = dict(os.environ, DETECTRON2_DATASETS=datasets_root, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, TRAIN_NET] + list(args), env=env, cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train_net failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
+    return proc
+
+
+def read_metrics(output_dir):
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory):
+    """A small generated `shapes` dataset (80 train / 16 val images, 256 px)."""
+    from rsloss_d2.data.synthetic import generate_all
+
+    root = str(tmp_path_factory.mktemp("datasets"))
+    generate_all(root, num_train=80, num_val=16, image_size=256, seed=0, progress=False,
+                 which=("shapes",))
+    return root
+
+
+@pytest.fixture(scope="session")
+def quick_run(shapes_root, tmp_path_factory):
+    """One short real training + evaluation of the quick Mask R-CNN config on `shapes`."""
+    out = str(tmp_path_factory.mktemp("quick_run"))
+    proc = run_train_net(["--config-file", QUICK_CONFIG, "OUTPUT_DIR", out] + E2E_OVERRIDES,
+                         shapes_root)
+    metrics = read_metrics(out)
+    final = [m for m in metrics if "bbox/AP" in m][-1]
+    return {"output_dir": out, "log": proc.stdout, "metrics": metrics, "final": final,
+            "datasets_root": shapes_root}
