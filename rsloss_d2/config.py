@@ -38,5 +38,33 @@ def add_rsloss_config(cfg):
     _C.MODEL.RANK_LOSS.AP_DELTA = 1.0
 
     # @@ RS R-CNN heads keys (RPN / ROI / mask / cascade) go below this line @@
+    _C.MODEL.RS_RPN = CN()
+    # Multiplier of all three RSRPN losses (rank, sort, bbox); official head_weight 0.2.
+    _C.MODEL.RS_RPN.HEAD_WEIGHT = 0.2
+    # RSRPN low-quality matches: a GT's best anchors become positive only if that IoU >= this (mmdet).
+    _C.MODEL.RS_RPN.MIN_POS_IOU = 0.3
+    _C.MODEL.RS_ROI_HEADS = CN()
+    # RS ROI heads matcher match_low_quality (official: False for Faster/Cascade, True for Mask R-CNN).
+    _C.MODEL.RS_ROI_HEADS.ALLOW_LOW_QUALITY_MATCHES = False
+    # Max positive RoIs per process batch fed to the mask head, drawn at random (official 200; <=0: all).
+    _C.MODEL.RS_ROI_HEADS.MASK_MAX_POSITIVES = 200
+    # Loss weight of each RSCascadeROIHeads stage (official RS-Cascade: [1, 1, 1]).
+    _C.MODEL.RS_ROI_HEADS.CASCADE_STAGE_LOSS_WEIGHTS = [1.0, 1.0, 1.0]
 
     # @@ backbone / neck keys (CARAFE, deformable conv) go below this line @@
+    # (Deformable ResNet stages reuse Detectron2's MODEL.RESNETS.DEFORM_ON_PER_STAGE /
+    # DEFORM_MODULATED / DEFORM_NUM_GROUPS, read by build_resnet_dcn_backbone.)
+    _C.MODEL.FPN_CARAFE = CN()
+    # P6 of build_resnet_fpn_carafe_backbone: "conv" (mmdet FPN_CARAFE: 3x3/2 conv on C5 feeding
+    # the top-down path) or "maxpool" (Detectron2's LastLevelMaxPool on P5).
+    _C.MODEL.FPN_CARAFE.TOP_LEVEL = "conv"
+    # CARAFE reassembly kernel size k_up (official 5).
+    _C.MODEL.FPN_CARAFE.UP_KERNEL = 5
+    # CARAFE channel groups sharing one reassembly kernel (official 1).
+    _C.MODEL.FPN_CARAFE.UP_GROUP = 1
+    # CARAFE content-encoder kernel size k_enc (official 3).
+    _C.MODEL.FPN_CARAFE.ENCODER_KERNEL = 3
+    # CARAFE content-encoder dilation (official 1).
+    _C.MODEL.FPN_CARAFE.ENCODER_DILATION = 1
+    # CARAFE channel-compressor output channels (official 64).
+    _C.MODEL.FPN_CARAFE.COMPRESSED_CHANNELS = 64

@@ -23,10 +23,10 @@ VPY="$ROOT/.venv/bin/python"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 echo "[install] torch + torchvision"
-"$VPY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+"$VPY" -m pip install -q -c constraints.txt "torch==2.14.1" "torchvision==0.29.1"
 
 echo "[install] pinned requirements"
-"$VPY" -m pip install -q -r requirements.txt
+"$VPY" -m pip install -q -r requirements.txt -c constraints.txt
 # lvis 0.5.3 asks for opencv-python (GUI build), which would clash with opencv-python-headless:
 # its real needs (numpy, matplotlib, pycocotools-free API, six, dateutil) are all pinned above.
 "$VPY" -m pip install -q --no-deps "lvis==0.5.3"

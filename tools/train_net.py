@@ -25,7 +25,7 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.evaluation import verify_results  # noqa: E402
 
 from rsloss_d2 import add_rsloss_config  # noqa: E402
-from rsloss_d2.data import check_dataset_files  # noqa: E402
+from rsloss_d2.data import DatasetFileError, check_dataset_files  # noqa: E402
 from rsloss_d2.evaluation.build import build_evaluator  # noqa: E402
 
 
@@ -38,16 +38,30 @@ class Trainer(DefaultTrainer):
         return build_evaluator(cfg, dataset_name, output_folder)
 
 
-def setup(args):
+def build_cfg(args):
+    """The merged, frozen config; raises KeyError for an unknown key and DatasetFileError for a
+    missing dataset file."""
     cfg = get_cfg()
     add_rsloss_config(cfg)  # before merging, so rsloss_d2 keys are known and typos are errors
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    try:
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+    except (KeyError, AssertionError) as e:  # yacs: KeyError from files, AssertionError from opts
+        msg = str(e.args[0]) if e.args else str(e)
+        if "Non-existent" not in msg:
+            raise
+        raise KeyError(f"{msg} (unknown config key; rsloss_d2's keys are declared in "
+                       f"rsloss_d2/config.py, Detectron2's in detectron2/config/defaults.py)") from e
     if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
         logging.getLogger("rsloss_d2").warning("CUDA is not available: using MODEL.DEVICE=cpu")
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     check_dataset_files(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    return cfg
+
+
+def setup(args):
+    cfg = build_cfg(args)
     default_setup(cfg, args)
     return cfg
 
@@ -71,6 +85,10 @@ def main(args):
 def invoke_main():
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
+    try:  # fail before starting any process, with the message alone
+        build_cfg(args)
+    except (KeyError, DatasetFileError) as e:
+        sys.exit(f"train_net.py: error: {e.args[0] if e.args else e}")
     launch(
         main,
         args.num_gpus,

@@ -1,17 +1,40 @@
-"""Evaluator selection from the dataset's metadata (interim version: plain Detectron2 evaluators;
-the oLRP evaluators replace these when cfg.TEST.OLRP.ENABLED)."""
+"""Evaluator selection for `tools/train_net.py`: COCO or LVIS from the dataset's metadata, with
+Optimal LRP beside AP when `cfg.TEST.OLRP.ENABLED` (Detectron2's plain evaluators otherwise)."""
 import os
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, LVISEvaluator
 
+from .evaluators import COCOOLRPEvaluator, LVISOLRPEvaluator
+from .lvis_compat import patch_lvis_numpy
+
+__all__ = ["build_evaluator"]
+
 
 def build_evaluator(cfg, dataset_name, output_folder=None):
+    """Evaluator for `dataset_name` from `MetadataCatalog.get(dataset_name).evaluator_type`.
+
+    Args:
+        cfg: a config with the rsloss_d2 keys (`cfg.TEST.OLRP.ENABLED / TAU / SAVE_THRESHOLDS`;
+            a config without them gets the plain evaluators).
+        dataset_name: a registered dataset whose `evaluator_type` is "coco" or "lvis".
+        output_folder: where results (and `lrp_optimal_thresholds.json`) go; default
+            `cfg.OUTPUT_DIR/inference/<dataset_name>`.
+    """
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-    evaluator_type = MetadataCatalog.get(dataset_name).evaluator_type
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
+    olrp = cfg.TEST.get("OLRP")
+    kwargs = {}
+    if olrp is not None and olrp.ENABLED:
+        kwargs = {"tau": olrp.TAU, "save_thresholds": olrp.SAVE_THRESHOLDS}
     if evaluator_type == "coco":
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
+        cls = COCOOLRPEvaluator if kwargs else COCOEvaluator
+        return cls(dataset_name, output_dir=output_folder, **kwargs)
     if evaluator_type == "lvis":
-        return LVISEvaluator(dataset_name, output_dir=output_folder)
-    raise NotImplementedError(f"no evaluator for dataset '{dataset_name}' of type '{evaluator_type}'")
+        patch_lvis_numpy()  # Detectron2's LVISEvaluator runs lvis 0.5.3, which uses np.float
+        cls = LVISOLRPEvaluator if kwargs else LVISEvaluator
+        return cls(dataset_name, output_dir=output_folder, **kwargs)
+    raise NotImplementedError(
+        f"no evaluator for dataset '{dataset_name}' of evaluator_type '{evaluator_type}' "
+        "(expected 'coco' or 'lvis')")

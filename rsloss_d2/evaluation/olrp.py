@@ -103,6 +103,12 @@ def _index_of(values, mapping, what, kind):
     return out
 
 
+def _column_list(items, what):
+    if not all(isinstance(x, dict) and "id" in x for x in items):
+        raise ValueError(f"every {what} of the ground truth needs an 'id'")
+    return items
+
+
 class _Data:
     """Flat arrays of one evaluation (images / categories as indices into the sorted id lists)."""
 
@@ -145,7 +151,6 @@ class _Data:
             self.gt_rles = [_to_rle(s, images[a["image_id"]]["height"],
                                     images[a["image_id"]]["width"])
                             for a, s in zip(anns, _column(anns, "segmentation", "annotation"))]
-        self.gt_anns = anns
 
         # detections: all must refer to known images / categories
         if dets and not all(isinstance(d, dict) for d in dets):
@@ -185,12 +190,6 @@ class _Data:
         else:
             self.det_rles = rles
         self.det_area = area.astype(np.float64)
-
-
-def _column_list(items, what):
-    if not all(isinstance(x, dict) and "id" in x for x in items):
-        raise ValueError(f"every {what} of the ground truth needs an 'id'")
-    return items
 
 
 # ------------------------------------------------------------------------------- evaluation

@@ -153,7 +153,7 @@ def match(det_group, det_rank, det_area, gt_group, gt_area, gt_crowd, gt_ignore,
                 cand_reg = cand & ~ign
                 use = np.where(cand_reg.any(-1, keepdims=True), cand_reg, cand)
                 val = np.where(use, row[None], -np.inf)
-                j = np.argmax(val, axis=-1)  # last maximum = COCO's tie rule
+                j = w - 1 - np.argmax(val[..., ::-1], axis=-1)  # last maximum = COCO's tie rule
                 hit = use.any(-1)  # (A, m)
                 a_idx, m_idx = np.nonzero(hit)
                 jj = j[a_idx, m_idx]

@@ -54,11 +54,11 @@ def make_synthetic_coco(num_images=100, num_classes=10, dets_per_image=100, seed
     gt = {"images": images, "annotations": annotations, "categories": categories}
 
     # detections: up to ~60% of each image's budget from perturbed GTs, the rest random FPs
-    per_gt = rng.integers(0, 4, size=G)
+    per_gt = rng.integers(1, 4, size=G)
     budget = (0.6 * dets_per_image) // np.maximum(n_gt, 1)
     per_gt = np.minimum(per_gt, budget[img_of_gt]).astype(np.int64)
     src = np.repeat(np.arange(G), per_gt)
-    noise = rng.normal(0, 1, size=(len(src), 4)) * rng.uniform(0.02, 0.35, size=(len(src), 1))
+    noise = rng.normal(0, 1, size=(len(src), 4)) * rng.uniform(0.01, 0.2, size=(len(src), 1))
     dx = gx[src] + noise[:, 0] * gw[src]
     dy = gy[src] + noise[:, 1] * gh[src]
     dw = gw[src] * np.exp(noise[:, 2])
@@ -76,7 +76,7 @@ def make_synthetic_coco(num_images=100, num_classes=10, dets_per_image=100, seed
     fx, fy = rng.uniform(0, W - 4, F), rng.uniform(0, H - 4, F)
     fcat = rng.choice(num_classes, size=F, p=class_p)
     score_tp = np.clip(quality * rng.beta(5, 2, len(src)), 1e-4, 1)
-    score_fp = np.clip(rng.beta(1.2, 5, F), 1e-4, 1)
+    score_fp = np.clip(rng.beta(1, 8, F), 1e-4, 1)
 
     img = np.concatenate([dimg, fimg])
     box = np.concatenate([np.stack([dx, dy, dw, dh], 1), np.stack([fx, fy, fw, fh], 1)])

@@ -68,8 +68,8 @@ def prepare_inputs(
     Raises:
         ValueError: shape mismatch or non-floating logits.
         FloatingPointError: NaN or ±Inf among the logits. This is the one host synchronisation the
-            check costs (a fused ``isfinite(...).all()``); the ranking losses need the number of
-            positives on the host anyway.
+            check costs (``aminmax``: min/max propagate NaN and expose ±Inf); the ranking losses
+            need the number of positives on the host anyway.
     """
     if not torch.is_floating_point(logits):
         raise ValueError(f"{name}: logits must be floating point, got {logits.dtype}")
@@ -79,8 +79,11 @@ def prepare_inputs(
             f"got {tuple(logits.shape)} and {tuple(targets.shape)}"
         )
     s = logits.reshape(-1).to(compute_dtype(logits.dtype))
-    if not bool(torch.isfinite(s.detach()).all()):
-        raise FloatingPointError(f"{name}: the logits contain NaN or Inf")
+    if s.numel() > 0:
+        # min and max propagate NaN and show ±Inf: one fused pass instead of isfinite().all().
+        lo, hi = torch.aminmax(s.detach())
+        if not bool(torch.isfinite(torch.stack([lo, hi])).all()):
+            raise FloatingPointError(f"{name}: the logits contain NaN or Inf")
     return s, targets.detach().reshape(-1)
 
 
@@ -132,24 +135,35 @@ class StepBins:
         return torch.searchsorted(self.bp, x, right=True)
 
     def sums_at_centers(
-        self, count: torch.Tensor, weight: torch.Tensor, weighted_x: torch.Tensor
+        self,
+        count: torch.Tensor,
+        weight: torch.Tensor,
+        weighted_x: torch.Tensor,
+        shift: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """(A): ``Σ_j u_j H(x_j − c_i)`` for every centre, float64 (P,).
 
         Args:
             count: (num_bins,) number of points per bin (exact integers, any dtype).
             weight: (num_bins,) float64 ``Σ u_j`` per bin.
-            weighted_x: (num_bins,) float64 ``Σ u_j x_j`` per bin.
+            weighted_x: (num_bins,) float64 ``Σ u_j (x_j − shift)`` per bin.
+            shift: optional float64 scalar the point coordinates were shifted by (0 if None).
         """
         w_ge = suffix_sum(weight)
         out = w_ge[self.r_hi]  # points at or above c_i + δ: H = 1
         if self.delta > 0:
+            # The first and the last bin are never inside a window [c_i − δ, c_i + δ): leave their
+            # coordinates out, so that outliers (|x| ~ 1e30) cannot spoil the suffix sums.
+            weighted_x = weighted_x.clone()
+            weighted_x[0] = 0
+            weighted_x[-1] = 0
             c_ge = suffix_sum(count.to(torch.float64))
             n_lin = c_ge[self.r_lo] - c_ge[self.r_hi]  # exact (integers)
             wx_ge = suffix_sum(weighted_x)
             w_lin = w_ge[self.r_lo] - w_ge[self.r_hi]
             wx_lin = wx_ge[self.r_lo] - wx_ge[self.r_hi]
-            lin = (wx_lin - self.centers64 * w_lin) * self.inv2d + 0.5 * w_lin
+            centers = self.centers64 if shift is None else self.centers64 - shift
+            lin = (wx_lin - centers * w_lin) * self.inv2d + 0.5 * w_lin
             out = out + torch.where(n_lin > 0, lin, torch.zeros_like(lin))
         return out
 
@@ -158,6 +172,8 @@ class StepBins:
 
         Args:
             w: (P,) weight of every centre.
+
+        The first bin (below every breakpoint) is exactly (0, 0), the last one exactly (Σw, 0).
         """
         w64 = w.to(torch.float64)
         nb = self.num_bins
@@ -169,83 +185,109 @@ class StepBins:
             beta = torch.zeros_like(alpha)
             beta.index_add_(0, self.r_lo, slope).index_add_(0, self.r_hi, -slope)
             alpha.index_add_(0, self.r_lo, const).index_add_(0, self.r_hi, -const)
-            return alpha.cumsum(0), beta.cumsum(0)
+            alpha, beta = alpha.cumsum(0), beta.cumsum(0)
+            # Remove the rounding residue of the difference arrays above every window.
+            alpha[-1] = w64.sum()
+            beta[-1] = 0
+            return alpha, beta
         return alpha.cumsum(0), torch.zeros_like(alpha)
 
 
 class PointBins:
     """Exact bin indices of many points (the negatives), found through a uniform grid.
 
+    Every element is mapped to a cell of a uniform grid over the breakpoints' range:
+    ``v = clamp((x − off) · scale, 0, C − 1)``, ``cell = int(v)``, ``frac = v − cell`` ∈ [0, 1).
+    This map is monotone non-decreasing (correctly rounded subtraction, multiplication and clamp,
+    truncation of non-negative numbers) and is applied identically to the breakpoints and to the
+    points, so a breakpoint b satisfies b < x if cell(b) < cell(x) and b > x if
+    cell(b) > cell(x): in a cell that holds no breakpoint ("pure" cell) all points share one bin,
+    ``#{b : cell(b) < cell}``, and the piecewise-linear sums are linear in ``frac``. Only points
+    in the ≤ 2P cells that hold a breakpoint go through a binary search (~64 cells per
+    breakpoint keep those few unless the points concentrate on the breakpoints). The result is
+    exact up to float rounding; in float32 a point's position inside its cell is known to about
+    ``eps · (grid width)``, the same order as the rounding of the logits themselves.
+
     Args:
         bins: the breakpoints.
         x: (M,) all flat logits (compute dtype).
-        mask: (M,) bool, the points to use (the negatives); the others get value 0 in
-            :meth:`evaluate` and are left out of the totals.
-        cells_per_breakpoint: grid resolution (cells ≈ this × number of breakpoints).
+        mask: (M,) bool, the points to use (the negatives); the others are put in cell 0, which
+            lies below every breakpoint (bin 0: never inside a window, value 0 in
+            :meth:`evaluate`).
+        cells_per_breakpoint: grid resolution (cells ≈ this × number of breakpoints, ≤ 2^18).
     """
 
     def __init__(self, bins: StepBins, x: torch.Tensor, mask: torch.Tensor,
-                 cells_per_breakpoint: int = 16):
+                 cells_per_breakpoint: int = 64):
         self.bins = bins
         bp = bins.bp
-        nbp = bp.numel()
-        num_cells = int(min(max(cells_per_breakpoint * nbp, 256), 1 << 16))
+        dev = x.device
+        num_cells = int(min(max(cells_per_breakpoint * bp.numel(), 1024), 1 << 18))
         lo, hi = bp[0], bp[-1]
-        width = (hi - lo).clamp_min(torch.finfo(bp.dtype).tiny)
-        self._scale = num_cells / width
-        self._offset = lo - width / num_cells  # the breakpoints land in cells 1..num_cells(+1)
-        self._max_cell = float(num_cells + 1)
-        # Cells 0..num_cells+1 from the grid, one extra "trash" cell for the masked-out elements.
-        cells = num_cells + 2
-        bp_cell = self._cell(bp)
+        width = (hi - lo).clamp_min(1e-3)
+        scale = num_cells / width
+        offset = lo - 2 * width / num_cells  # breakpoints land in cells ≥ 1 (≈ 2 .. C − 2)
+        cells = num_cells + 4
+        max_cell = float(cells - 1)
+        # Breakpoints through the very same operations as the points.
+        bp_cell = ((bp - offset) * scale).clamp_(0.0, max_cell).to(torch.int32)
         bp_per_cell = torch.bincount(bp_cell, minlength=cells)
-        # Breakpoints in cells strictly below: the bin of every element of a breakpoint-free cell.
-        below = bp_per_cell.cumsum(0) - bp_per_cell
+        below = bp_per_cell.cumsum(0) - bp_per_cell  # bin of every point of a pure cell
         mixed = bp_per_cell > 0
-        trash = cells
-        cell = torch.where(mask, self._cell(x), torch.full_like(mask, trash, dtype=torch.long))
-        x64 = x.to(torch.float64)
-        count_c = torch.bincount(cell, minlength=cells + 1)[:cells]
-        sum_c = torch.bincount(cell, weights=x64, minlength=cells + 1)[:cells]
-        # Elements in a cell that holds a breakpoint: exact binary search.
-        mixed_ext = torch.cat([mixed, mixed.new_zeros(1)])
-        self.mixed_idx = mixed_ext[cell].nonzero().squeeze(1)
-        self.mixed_x = x[self.mixed_idx]
+        v = (x - offset).mul_(scale)
+        v = torch.where(mask, v, torch.zeros((), dtype=v.dtype, device=dev)).clamp_(0.0, max_cell)
+        cell = v.to(torch.int32)
+        frac = v.sub_(cell)  # position inside the cell, in [0, 1) (in place: v is not needed)
+        count_c = torch.bincount(cell, minlength=cells)
+        frac_c = torch.bincount(cell, weights=frac, minlength=cells).to(torch.float64)
+        # Points in a cell that holds a breakpoint: exact binary search.
+        self.mixed_idx = mixed.to(torch.uint8).index_select(0, cell).nonzero().squeeze(1)
+        self.mixed_x = x.index_select(0, self.mixed_idx)
         self.mixed_bin = bins.bin_of(self.mixed_x)
+        # Per-bin number of points and Σ (x − off): pure cells by cell, the others exactly.
         nb = bins.num_bins
-        pure = ~mixed
-        pure_bin = below[pure]
-        self.count = torch.zeros(nb, dtype=torch.long, device=x.device)
-        self.count.index_add_(0, pure_bin, count_c[pure])
-        self.count += torch.bincount(self.mixed_bin, minlength=nb)
-        self.sum_x = torch.zeros(nb, dtype=torch.float64, device=x.device)
-        self.sum_x.index_add_(0, pure_bin, sum_c[pure])
-        self.sum_x += torch.bincount(
-            self.mixed_bin, weights=self.mixed_x.to(torch.float64), minlength=nb
+        scale64 = scale.to(torch.float64)
+        self._offset64 = offset.to(torch.float64)
+        cell_index = torch.arange(cells, dtype=torch.float64, device=dev)
+        sum_c = (count_c.to(torch.float64) * cell_index + frac_c) / scale64
+        self.count = torch.zeros(nb, dtype=count_c.dtype, device=dev)
+        self.count.index_add_(0, below, count_c.masked_fill(mixed, 0))
+        self.count += torch.bincount(self.mixed_bin, minlength=nb).to(count_c.dtype)
+        self.sum_u = torch.zeros(nb, dtype=torch.float64, device=dev)
+        self.sum_u.index_add_(0, below, sum_c.masked_fill(mixed, 0))
+        self.sum_u += torch.bincount(
+            self.mixed_bin, weights=self.mixed_x.to(torch.float64) - self._offset64, minlength=nb
         )
         self._cell_ids = cell
+        self._frac = frac
         self._below = below
-        self._x = x
-
-    def _cell(self, v: torch.Tensor) -> torch.Tensor:
-        # A monotone non-decreasing map (correctly rounded sub/mul/clamp, then truncation of
-        # non-negative numbers), applied identically to breakpoints and points: a cell with no
-        # breakpoint lies strictly between two consecutive breakpoints.
-        return ((v - self._offset) * self._scale).clamp_(0.0, self._max_cell).long()
+        self._cell_left = self._offset64 + cell_index / scale64  # x of each cell's left edge
+        self._cell_width = 1.0 / scale64
 
     def sums_at_centers(self) -> torch.Tensor:
         """(A) with unit weights: ``Σ_j H(x_j − c_i)`` over the masked points, float64 (P,)."""
-        return self.bins.sums_at_centers(self.count, self.count.to(torch.float64), self.sum_x)
+        return self.bins.sums_at_centers(
+            self.count, self.count.to(torch.float64), self.sum_u, shift=self._offset64
+        )
 
-    def evaluate(self, alpha: torch.Tensor, beta: torch.Tensor,
-                 out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        """(B): ``α[k] + β[k]·x`` for every masked element, 0 elsewhere; (M,) in ``out_dtype``."""
-        zero = alpha.new_zeros(1)
-        alpha_c = torch.cat([alpha[self._below], zero])
-        beta_c = torch.cat([beta[self._below], zero])
-        out = alpha_c[self._cell_ids] + beta_c[self._cell_ids] * self._x
-        out[self.mixed_idx] = alpha[self.mixed_bin] + beta[self.mixed_bin] * self.mixed_x
-        return out.to(out_dtype or self._x.dtype)
+    def evaluate(self, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        """(B): ``α[k] + β[k]·x`` for every masked element, 0 elsewhere; (M,) compute dtype.
+
+        On a pure cell the value is linear in ``frac``: ``value(left edge) + β·width·frac``,
+        both per cell in float64 then cast and packed in one complex table, so one gather and
+        one multiply-add per element, without cancellation. Points of the other cells use their
+        exact bin.
+        """
+        dtype = self._frac.dtype
+        a = alpha.index_select(0, self._below)
+        b = beta.index_select(0, self._below)
+        table = torch.complex((a + b * self._cell_left).to(dtype), (b * self._cell_width).to(dtype))
+        per_point = torch.view_as_real(table.index_select(0, self._cell_ids))
+        out = torch.addcmul(per_point[:, 0], per_point[:, 1], self._frac)
+        exact = alpha.index_select(0, self.mixed_bin) + beta.index_select(0, self.mixed_bin) * (
+            self.mixed_x.to(torch.float64))
+        out.index_put_((self.mixed_idx,), exact.to(dtype))
+        return out
 
 
 def step_sums_over_points(bins: StepBins, x: torch.Tensor, u: Optional[torch.Tensor] = None

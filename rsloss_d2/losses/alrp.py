@@ -80,7 +80,7 @@ def _alrp_forward(s: torch.Tensor, t: torch.Tensor, loc: torch.Tensor, delta: fl
     fg_grad = torch.where(step, -(loc_sum.to(s.dtype) + fp_num) / rank, zeros)
     neg_weight = torch.where(step, -fg_grad / fp_num.clamp_min(_ALRP_EPS), zeros) / num_fg
     alpha, beta = bins.tables(neg_weight)
-    grad = negatives.evaluate(alpha, beta, s.dtype)
+    grad = negatives.evaluate(alpha, beta)
     grad[pos_idx] = fg_grad / num_fg
     order = torch.argsort(fg_s, stable=True)
     return 1 - prec.mean(), rank, order, grad

@@ -57,7 +57,7 @@ def _ap_forward(s: torch.Tensor, t: torch.Tensor, delta: float):
                         (1 - interp) / torch.where(first_branch, torch.ones_like(prec), 1 - prec))
     neg_weight = scale / rank / num_fg
     alpha, beta = bins.tables(neg_weight)
-    grad = negatives.evaluate(alpha, beta, s.dtype)
+    grad = negatives.evaluate(alpha, beta)
     grad[pos_idx] = -(1 - interp) / num_fg
     return 1 - interp.mean(), grad
 

@@ -35,26 +35,31 @@ def _positive_block_stats(
     """
     num_fg = fg_s.numel()
     one_minus_y = 1 - fg_y
+    if delta > 0:
+        shifted = fg_s / (2 * delta)  # H(s_j − s_i) = clamp(shifted_j + 1/2 − shifted_i, 0, 1)
+        shifted_half = shifted + 0.5
     rank_pos = torch.empty_like(fg_s)
     sort_err = torch.empty_like(fg_s)
     sort_grad = torch.zeros_like(fg_s)
+    zero = torch.zeros((), dtype=fg_s.dtype, device=fg_s.device)
     for rows in row_blocks(num_fg, num_fg):
-        diff = fg_s[None, :] - fg_s[rows, None]  # x_ij = s_j − s_i, (rows, P)
         if delta > 0:
-            h = (diff / (2 * delta) + 0.5).clamp_(0, 1)
+            h = (shifted_half[None, :] - shifted[rows, None]).clamp_(0, 1)  # H(x_ij), (rows, P)
         else:
-            h = (diff >= 0).to(fg_s.dtype)
+            h = (fg_s[None, :] >= fg_s[rows, None]).to(fg_s.dtype)
         lower = fg_y[None, :] < fg_y[rows, None]  # y_j < y_i: the "missorted" candidates
-        h_low = h * lower  # H(x_ij) 1[y_j < y_i]
-        h_ge = h - h_low  # H(x_ij) 1[y_j ≥ y_i]   (exact: h − h or h − 0)
-        rp = h.sum(1)
+        h_low = torch.where(lower, h, zero)  # H(x_ij) 1[y_j < y_i]
+        h_ge = h.sub_(h_low)  # H(x_ij) 1[y_j ≥ y_i], j ∈ A(i)  (exact: h − h or h − 0)
+        del lower
         miss = h_low.sum(1)  # D(i)
-        current = (h @ one_minus_y) / rp  # ℓ_S(i)
-        target = (h_ge @ one_minus_y) / h_ge.sum(1)  # ℓ*_S(i) (denominator ≥ H(0) > 0)
-        err = current - target
+        ge = h_ge.sum(1)  # Σ_{A(i)} H ≥ H(0) > 0
+        ge_err = h_ge @ one_minus_y
+        rp = ge + miss  # rank⁺(i) (sums of non-negative terms: no cancellation)
+        current = (ge_err + h_low @ one_minus_y) / rp  # ℓ_S(i)
+        err = current - ge_err / ge  # e_S(i) = ℓ_S(i) − ℓ*_S(i)
         step = miss > _RS_EPS
-        coef = torch.where(step, err / miss.clamp_min(_RS_EPS), torch.zeros_like(err))
-        sort_grad[rows] -= torch.where(step, err, torch.zeros_like(err))
+        coef = torch.where(step, err / miss.clamp_min(_RS_EPS), zero)
+        sort_grad[rows] -= torch.where(step, err, zero)
         sort_grad += coef @ h_low  # column j receives Σ_i coef_i H(x_ij) 1[y_j < y_i]
         rank_pos[rows] = rp
         sort_err[rows] = err
@@ -107,7 +112,7 @@ def _rank_sort_forward(s: torch.Tensor, t: torch.Tensor, delta: float):
         ranking_step, rank_err / fp_num.clamp_min(_RS_EPS), torch.zeros_like(rank_err)
     ) / num_fg
     alpha, beta = bins.tables(neg_weight)
-    grad = negatives.evaluate(alpha, beta, s.dtype)
+    grad = negatives.evaluate(alpha, beta)
     grad[pos_idx] = fg_grad / num_fg
     return rank_err.mean(), sort_err.mean(), grad
 

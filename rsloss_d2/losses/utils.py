@@ -83,7 +83,7 @@ def positive_score_weights(pos_logits: torch.Tensor) -> torch.Tensor:
     if x.dim() > 1:
         if x.shape[-1] == 0:
             raise ValueError("positive_score_weights: logits have no class column")
-        x = x.reshape(x.shape[0], -1).max(dim=1).values
+        x = x.flatten(1).max(dim=1).values
     return torch.sigmoid(x)  # sigmoid is monotone: max of sigmoid = sigmoid of max
 
 

@@ -110,8 +110,18 @@ def _setup_args(opts):
 
 def test_unknown_config_key_is_a_clear_error():
     train_net, args = _setup_args(["MODEL.RANK_LOSS.RS_DELTAA", "0.5"])
-    with pytest.raises(KeyError, match="Non-existent config key: MODEL.RANK_LOSS.RS_DELTAA"):
+    with pytest.raises(KeyError, match="Non-existent key: MODEL.RANK_LOSS.RS_DELTAA"):
         train_net.setup(args)
+
+
+def test_unknown_key_in_yaml_is_a_clear_error_from_the_command_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f'_BASE_: "{QUICK_CONFIG}"\nMODEL:\n  RPN:\n    HEAD_WEIGHTT: 0.2\n')
+    proc = run_train_net(["--config-file", str(bad)], str(tmp_path), check=False)
+    assert proc.returncode != 0
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("train_net.py: error:") and "MODEL.RPN.HEAD_WEIGHTT" in last
+    assert "Traceback" not in proc.stdout
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):

@@ -1,1 +1,4 @@
-
+"""Backbones; importing registers `build_resnet_dcn_backbone`, `build_resnet_dcn_fpn_backbone`
+and `build_resnet_fpn_carafe_backbone` in Detectron2's BACKBONE_REGISTRY."""
+from . import resnet_dcn  # noqa: F401
+from . import fpn_carafe  # noqa: F401

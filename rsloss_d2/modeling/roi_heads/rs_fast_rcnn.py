@@ -1,0 +1,139 @@
+"""RS R-CNN box predictor: sigmoid classifier without background + RS Loss + balanced GIoU.
+
+Official counterpart: ``RankBasedShared2FCBBoxHead`` (``shared/spec/models.md`` §1, §2;
+``ranking_losses.md`` §2.5, §5). The box trunk stays Detectron2's ``FastRCNNConvFCHead``; this
+module only replaces the last two linear layers and their loss / inference.
+
+* ``cls_score``: C outputs (no background logit), init normal std 0.01, bias 0; ``bbox_pred``
+  class-specific (or class-agnostic in the Cascade) with std 0.001.
+* Loss over **all** RoIs of the per-process batch (the RS ROI heads do not sample): RS Loss over
+  R × C entries, sorting target of a positive = IoU of its decoded prediction (GT-class row, or the
+  class-agnostic box) with its GT; GIoU of the decoded boxes averaged with the max-sigmoid score
+  of each positive and value-balanced. Loss names ``loss_roi_rank``, ``loss_roi_sort``,
+  ``loss_roi_bbox``.
+* Inference: ``sigmoid`` scores (padded with a dummy background column for Detectron2's
+  ``fast_rcnn_inference``), ``score_thresh`` = ``MODEL.ROI_HEADS.SCORE_THRESH_TEST`` (the paper
+  configs use 0.40, "for efficiency"), NMS ``MODEL.ROI_HEADS.NMS_THRESH_TEST`` (0.5),
+  ``TEST.DETECTIONS_PER_IMAGE`` (100) per image.
+"""
+from typing import Dict, List, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec, cat
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.structures import Instances
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from ..box_losses import RSDetectionLosses, foreground_indices, rs_detection_losses
+
+__all__ = ["RSFastRCNNOutputLayers"]
+
+
+class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
+    """Fast R-CNN output layers for RS Loss (C sigmoid logits, no background column).
+
+    ``forward(x)`` returns ``(scores (R, C) logits, deltas (R, C·4) or (R, 4))``.
+    Built by :class:`RSStandardROIHeads` / :class:`RSCascadeROIHeads`, not registered.
+    """
+
+    @configurable
+    def __init__(self, input_shape: ShapeSpec, *, rs_delta: float = 0.5, **kwargs):
+        """
+        Args:
+            input_shape: shape of the box-trunk output.
+            rs_delta: δ of RS Loss.
+            kwargs: arguments of :class:`FastRCNNOutputLayers` (``box2box_transform``,
+                ``num_classes``, ``cls_agnostic_bbox_reg``, ``test_*``); its loss options
+                (``box_reg_loss_type``, ``loss_weight``, federated / sigmoid CE) are unused.
+        """
+        kwargs["use_fed_loss"] = False
+        super().__init__(input_shape, **kwargs)
+        if isinstance(input_shape, int):
+            input_shape = ShapeSpec(channels=input_shape)
+        input_size = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
+        self.cls_score = nn.Linear(input_size, self.num_classes)  # no background logit
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.constant_(self.cls_score.bias, 0)
+        self.rs_delta = rs_delta
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["rs_delta"] = cfg.MODEL.RANK_LOSS.RS_DELTA
+        return ret
+
+    def rs_losses(
+        self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]
+    ) -> Tuple[Dict[str, torch.Tensor], RSDetectionLosses]:
+        """RS R-CNN losses and what the mask head needs (score weights, L_rank + L_sort).
+
+        Args:
+            predictions: ``(scores (R, C), deltas (R, C·4) or (R, 4))`` of :meth:`forward`.
+            proposals: per-image Instances with ``proposal_boxes``, ``gt_classes`` (C =
+                background, −1 ignored) and, for images with GT, ``gt_boxes``; R = Σ len.
+
+        Returns:
+            ``{"loss_roi_rank", "loss_roi_sort", "loss_roi_bbox"}`` and the
+            :class:`RSDetectionLosses` (its ``score_weights`` follow the order of
+            :func:`foreground_indices` over the concatenated proposals).
+        """
+        scores, deltas = predictions
+        if len(proposals):
+            gt_classes = cat([p.gt_classes for p in proposals], dim=0)
+            proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
+            # images without GT have no gt_boxes: their proposals are all negative, any box works
+            gt_boxes = cat(
+                [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals],
+                dim=0,
+            )
+        else:
+            gt_classes = torch.empty(0, dtype=torch.int64, device=scores.device)
+            proposal_boxes = gt_boxes = torch.empty((0, 4), device=scores.device)
+
+        pos = foreground_indices(gt_classes, self.num_classes)
+        box_dim = proposal_boxes.shape[1]
+        if deltas.shape[1] == box_dim:  # class-agnostic (Cascade)
+            pos_deltas = deltas[pos]
+        else:  # class-specific: the GT-class row (spec models.md §1)
+            pos_deltas = deltas.view(-1, self.num_classes, box_dim)[pos, gt_classes[pos]]
+        pos_pred = self.box2box_transform.apply_deltas(pos_deltas, proposal_boxes[pos])
+
+        out = rs_detection_losses(
+            scores, gt_classes, pos_pred, gt_boxes[pos], delta=self.rs_delta
+        )
+        self._log(scores, gt_classes, pos, out, num_images=max(len(proposals), 1))
+        losses = {
+            "loss_roi_rank": out.loss_rank,
+            "loss_roi_sort": out.loss_sort,
+            "loss_roi_bbox": out.loss_box,
+        }
+        return losses, out
+
+    def losses(self, predictions, proposals) -> Dict[str, torch.Tensor]:
+        """Detectron2 interface: the loss dict of :meth:`rs_losses`."""
+        return self.rs_losses(predictions, proposals)[0]
+
+    @staticmethod
+    def _log(scores, gt_classes, pos, out: RSDetectionLosses, num_images: int):
+        """Number of positives, λ, unbalanced GIoU loss, mean IoU target, fg accuracy."""
+        storage = get_event_storage()
+        storage.put_scalar("fast_rcnn/num_pos_rois", out.num_pos / num_images)
+        storage.put_scalar("fast_rcnn/num_rois", gt_classes.numel() / num_images)
+        storage.put_scalar("fast_rcnn/lambda_bbox", out.box_lambda.item())
+        storage.put_scalar("fast_rcnn/giou_loss", out.loss_box_unbalanced.item())
+        if out.num_pos > 0:
+            storage.put_scalar("fast_rcnn/mean_pos_iou", out.ious.mean().item())
+            pred = scores.detach()[pos].argmax(dim=1)
+            acc = (pred == gt_classes[pos]).float().mean()
+            storage.put_scalar("fast_rcnn/fg_cls_accuracy", acc.item())
+
+    def predict_probs(
+        self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]
+    ):
+        """Sigmoid scores, each (Ri, C + 1) with a zero dummy background column (official)."""
+        scores, _ = predictions
+        probs = scores.sigmoid()
+        probs = torch.cat([probs, probs.new_zeros(probs.shape[0], 1)], dim=1)
+        return probs.split([len(p) for p in proposals], dim=0)

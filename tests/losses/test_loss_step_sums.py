@@ -1,0 +1,81 @@
+"""The breakpoint/prefix-sum machinery behind the losses, against brute-force P×N sums."""
+import pytest
+import torch
+
+from rsloss_d2.losses._step_sums import PointBins, StepBins, step_sums_over_points
+
+
+def _h(x, delta):
+    if delta > 0:
+        return torch.clamp(x / (2 * delta) + 0.5, 0, 1)
+    return (x >= 0).double()
+
+
+def _check(centers, points, mask, delta, w, tol=1e-9):
+    bins = StepBins(centers, delta)
+    pb = PointBins(bins, points, mask)
+    h = _h(points[mask][None, :].double() - centers[:, None].double(), delta)  # (P, N) brute force
+    assert (pb.sums_at_centers() - h.sum(1)).abs().max() < tol
+    alpha, beta = bins.tables(w)
+    got = pb.evaluate(alpha, beta)
+    expected = torch.zeros_like(points, dtype=torch.float64)
+    expected[mask] = (w.double()[:, None] * h).sum(0)
+    assert (got.double() - expected).abs().max() < tol
+    assert (got[~mask] == 0).all()
+    return pb
+
+
+@pytest.mark.parametrize("delta", [0.5, 1.0, 0.0, 0.01])
+@pytest.mark.parametrize("seed", range(4))
+def test_random_points(delta, seed):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(30 + 20 * seed, generator=g, dtype=torch.float64)
+    points = torch.randn(5000, generator=g, dtype=torch.float64) * 2
+    mask = torch.rand(5000, generator=g) < 0.9
+    w = torch.rand(centers.numel(), generator=g, dtype=torch.float64)
+    _check(centers, points, mask, delta, w)
+
+
+def test_points_on_breakpoints_and_ties():
+    centers = torch.tensor([0.0, 0.0, 0.25, 1.0, 1.0, 1.0], dtype=torch.float64)
+    for delta in [0.5, 0.25, 0.0]:
+        pts = torch.cat([centers, centers - delta, centers + delta, torch.arange(-8, 9) * 0.125])
+        mask = torch.ones_like(pts, dtype=torch.bool)
+        w = torch.arange(1, 7, dtype=torch.float64)
+        pb = _check(centers, pts, mask, delta, w, tol=1e-12)
+        assert pb.mixed_idx.numel() > 0  # the exact (binary-search) path is used
+
+
+def test_all_points_in_one_cell_and_outliers():
+    centers = torch.tensor([0.3], dtype=torch.float64)
+    pts = torch.tensor([0.3] * 50 + [0.3 + 1e-9, 0.3 - 1e-9, 1e30, -1e30, 1e300, -5.0],
+                       dtype=torch.float64)
+    mask = torch.ones_like(pts, dtype=torch.bool)
+    _check(centers, pts, mask, 0.5, torch.tensor([2.0], dtype=torch.float64), tol=1e-12)
+    _check(centers, pts, mask, 0.0, torch.tensor([2.0], dtype=torch.float64), tol=1e-12)
+
+
+def test_float32_points():
+    g = torch.Generator().manual_seed(3)
+    centers = torch.randn(200, generator=g)
+    points = torch.randn(100000, generator=g) * 3
+    mask = torch.rand(100000, generator=g) < 0.95
+    w = torch.rand(200, generator=g) / 200
+    bins = StepBins(centers, 0.5)
+    pb = PointBins(bins, points, mask)
+    idx = mask.nonzero().squeeze(1)[:3000]
+    h = _h(points[idx][None, :].double() - centers[:, None].double(), 0.5)
+    got = pb.evaluate(*bins.tables(w))
+    assert got.dtype == torch.float32
+    assert (got[idx].double() - (w.double()[:, None] * h).sum(0)).abs().max() < 1e-6
+    # most points are resolved through the grid, only a few by binary search
+    assert pb.mixed_idx.numel() < 0.05 * mask.sum()
+
+
+def test_sums_over_points_weighted():
+    centers = torch.tensor([0.0, 0.4, 2.0], dtype=torch.float64)
+    u = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    bins = StepBins(centers, 0.5)
+    got = step_sums_over_points(bins, centers, u)
+    h = _h(centers[None, :] - centers[:, None], 0.5)
+    assert torch.allclose(got, (h * u[None, :]).sum(1), atol=1e-14, rtol=0)

@@ -1,0 +1,98 @@
+"""RS-Faster / RS-Mask / RS-Cascade R-CNN train on a fixed CPU batch (finite, decreasing losses),
+also with images without GT; every RS shapes / shapes_lt yaml loads and builds; inference uses
+sigmoid scores and the test threshold."""
+import glob
+import os
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from rsloss_d2 import add_rsloss_config
+from rsloss_d2.modeling.proposal_generator import RSRPN
+from rsloss_d2.modeling.roi_heads import (
+    RSCascadeROIHeads,
+    RSMaskRCNNConvUpsampleHead,
+    RSStandardROIHeads,
+)
+
+from _rs_helpers import REPO, build, fixed_batch, rs_cfg, train_steps
+
+CASES = {
+    "rs_faster_rcnn_R_18_FPN_quick.yaml": {"loss_roi_rank", "loss_roi_sort", "loss_roi_bbox"},
+    "rs_mask_rcnn_R_18_FPN_quick.yaml": {"loss_roi_rank", "loss_roi_sort", "loss_roi_bbox",
+                                         "loss_mask"},
+    "rs_cascade_rcnn_R_18_FPN_quick.yaml": {f"loss_roi_{n}_stage{k}" for n in ("rank", "sort", "bbox")
+                                            for k in range(3)},
+}
+RPN_LOSSES = {"loss_rpn_rank", "loss_rpn_sort", "loss_rpn_bbox"}
+
+
+@pytest.mark.parametrize("config", sorted(CASES))
+def test_trains_on_fixed_batch(config):
+    model = build(rs_cfg(config))
+    history = train_steps(model, fixed_batch(), steps=8, lr=0.004)
+    assert set(history[0]) == CASES[config] | RPN_LOSSES
+    roi = [sum(v for k, v in h.items() if "roi" in k or "mask" in k) for h in history]
+    rpn = [sum(v for k, v in h.items() if "rpn" in k) for h in history]
+    assert roi[-1] < 0.8 * roi[0], roi
+    assert rpn[-1] < rpn[0], rpn
+    # balanced losses: each box (and mask) loss has the value of its L_rank + L_sort
+    for h in history:
+        for suffix in ([f"_stage{k}" for k in range(3)] if "cascade" in config else [""]):
+            rank, sort = h[f"loss_roi_rank{suffix}"], h[f"loss_roi_sort{suffix}"]
+            assert h[f"loss_roi_bbox{suffix}"] == pytest.approx(rank + sort, rel=1e-5, abs=1e-7)
+        if "loss_mask" in h:
+            assert h["loss_mask"] == pytest.approx(h["loss_roi_rank"] + h["loss_roi_sort"], rel=1e-5)
+
+
+@pytest.mark.parametrize("config", sorted(CASES))
+def test_images_without_gt_train_without_nan(config):
+    model = build(rs_cfg(config))
+    train_steps(model, fixed_batch(empty_second=True), steps=2, lr=0.004)  # one empty image
+    empty = fixed_batch(empty_second=True)[1]
+    history = train_steps(model, [empty, empty], steps=2, lr=0.004)  # no GT in the batch at all
+    assert all(v == 0 for v in history[-1].values())
+
+
+def test_inference_sigmoid_scores_and_threshold():
+    cfg = rs_cfg("rs_mask_rcnn_R_18_FPN_quick.yaml", ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.3"])
+    model = build(cfg)
+    train_steps(model, fixed_batch(), steps=2, lr=0.004)
+    model.eval()
+    with torch.no_grad():
+        out = model([{k: v for k, v in x.items() if k != "instances"} for x in fixed_batch()])
+    for o in out:
+        inst = o["instances"]
+        assert len(inst) <= cfg.TEST.DETECTIONS_PER_IMAGE
+        assert ((inst.scores > 0.3) & (inst.scores <= 1)).all()
+        assert ((inst.pred_classes >= 0) & (inst.pred_classes < 3)).all()
+        assert inst.pred_masks.shape[1:] == (64, 64)
+
+
+def _yamls():
+    return sorted(glob.glob(os.path.join(REPO, "configs", "shapes", "rs_*.yaml"))
+                  + glob.glob(os.path.join(REPO, "configs", "shapes", "faster_rcnn_*.yaml"))
+                  + glob.glob(os.path.join(REPO, "configs", "shapes_lt", "*.yaml")))
+
+
+@pytest.mark.parametrize("path", _yamls(), ids=os.path.basename)
+def test_config_loads_and_builds(path):
+    cfg = get_cfg()
+    add_rsloss_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    name = os.path.basename(path)
+    if name.startswith("rs_"):
+        assert isinstance(model.proposal_generator, RSRPN)
+        heads = RSCascadeROIHeads if "cascade" in name else RSStandardROIHeads
+        assert isinstance(model.roi_heads, heads)
+        assert tuple(model.proposal_generator.box2box_transform.weights) == (10, 10, 5, 5)
+        if cfg.MODEL.MASK_ON:
+            assert isinstance(model.roi_heads.mask_head, RSMaskRCNNConvUpsampleHead)
+    if "shapes_lt" in path:
+        assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 36
+        assert cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
+        assert cfg.DATASETS.TRAIN == ("shapes_lt_train",)

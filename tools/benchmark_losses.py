@@ -1,0 +1,262 @@
+#!/usr/bin/env python
+"""Benchmark the ranking losses against the official per-positive loop and the focal loss.
+
+Prints ONE table, every cell measured in this run, side by side:
+
+* ``loop``  — the official algorithm (a Python loop over the positives comparing each with every
+  relevant negative, :mod:`rsloss_d2.losses.reference`), in float32;
+* ``ours``  — :func:`rsloss_d2.losses.rank_sort_loss` / ``alrp_loss`` / ``ap_loss``;
+* ``focal`` — ``torchvision.ops.sigmoid_focal_loss`` (sum / |P|) on the same logits: one
+  elementwise pass, the floor for any classification loss.
+
+Times are forward + backward in milliseconds (median of ``--repeats`` runs after one warm-up; the
+loop: one run). Inputs: M = P + N flat float32 logits, negatives ~ N(−1, 1.5²), positives
+~ N(1, 1.5²) at random positions (so nearly every negative is "relevant" for the loop); RS targets
+IoU ~ U(0.05, 1), aLRP/AP/focal binary; aLRP localisation errors ~ U(0, 1).
+
+``--skip-loop-above K``: when P > K the loop runs only over the first K positives (in its own
+ascending order) and its time is extrapolated × P/K (each loop iteration costs O(N + P), so the
+time is linear in the number of iterations); such cells are marked ``~`` ("estimated").
+
+Peak memory (MiB) is the extra memory of one forward + backward above what the inputs already
+hold, measured in a separate, untimed run:
+* CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus the
+  allocation before the call;
+* CPU: the process's peak resident set size, ``VmHWM`` of ``/proc/self/status``, reset before the
+  call by writing 5 to ``/proc/self/clear_refs``, minus ``VmRSS`` before the call, after
+  ``malloc_trim(0)`` has returned the free heap pages to the OS (so memory that malloc reuses is
+  counted when it is touched again). ``n/a`` where ``/proc`` does not allow it. (tracemalloc
+  does not see torch's allocations.) Granularity: pages; small inputs may show ~0.
+
+The machine may be shared: times are noisy, the ratios measured side by side less so.
+
+Usage::
+
+    python tools/benchmark_losses.py [--losses rs,alrp,ap] [--repeats 5] [--skip-loop-above 1000]
+                                     [--devices cpu,cuda] [--threads N] [--sizes 100x1e4,...]
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torchvision.ops import sigmoid_focal_loss
+
+from rsloss_d2.losses import alrp_loss, ap_loss, rank_sort_loss
+from rsloss_d2.losses.reference import (
+    alrp_loss_reference,
+    ap_loss_reference,
+    rank_sort_loss_reference,
+)
+
+DEFAULT_SIZES = "100x1e4,1000x1e5,1000x1e6,5000x1e6"
+
+
+# ----------------------------------------------------------------------------- memory probes
+def _malloc_trim() -> None:
+    """Give free heap pages back to the OS so that their reuse shows in the resident set."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _read_status_kib(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mib(fn: Callable[[], None], device: torch.device) -> Optional[float]:
+    """Extra peak memory of one call of ``fn`` (see the module docstring)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    _malloc_trim()
+    before = _read_status_kib("VmRSS")
+    if before is None or not _reset_peak_rss():
+        return None
+    fn()
+    peak = _read_status_kib("VmHWM")
+    return None if peak is None else max(peak - before, 0) / 1024
+
+
+# ----------------------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
+    fn()  # warm-up
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+# ----------------------------------------------------------------------------- inputs
+def make_inputs(p: int, n: int, device: torch.device, seed: int = 0) -> Dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    m = p + n
+    logits = torch.randn(m, generator=g) * 1.5 - 1.0
+    pos = torch.randperm(m, generator=g)[:p]
+    logits[pos] += 2.0
+    binary = torch.zeros(m)
+    binary[pos] = 1.0
+    ious = torch.zeros(m)
+    ious[pos] = torch.rand(p, generator=g) * 0.95 + 0.05
+    loc = torch.rand(p, generator=g)
+    return {k: v.to(device) for k, v in
+            dict(logits=logits, binary=binary, ious=ious, loc=loc).items()}
+
+
+def ours_fn(loss: str, x: Dict[str, torch.Tensor]) -> Callable[[], None]:
+    def run() -> None:
+        logits = x["logits"].detach().requires_grad_(True)
+        if loss == "rs":
+            a, b = rank_sort_loss(logits, x["ious"])
+            (a + b).backward()
+        elif loss == "alrp":
+            a, _ = alrp_loss(logits, x["binary"], x["loc"])
+            a.backward()
+        else:
+            ap_loss(logits, x["binary"]).backward()
+    return run
+
+
+def loop_fn(loss: str, x: Dict[str, torch.Tensor], max_positives: Optional[int]
+            ) -> Callable[[], None]:
+    def run() -> None:
+        logits = x["logits"].detach()
+        if loss == "rs":
+            out = rank_sort_loss_reference(logits, x["ious"], max_positives=max_positives)
+        elif loss == "alrp":
+            out = alrp_loss_reference(logits, x["binary"], x["loc"], max_positives=max_positives)
+        else:
+            out = ap_loss_reference(logits, x["binary"], max_positives=max_positives)
+        out["grad"].mul(1.0)  # the official backward: stored gradient × upstream gradient
+    return run
+
+
+def focal_fn(x: Dict[str, torch.Tensor]) -> Callable[[], None]:
+    def run() -> None:
+        logits = x["logits"].detach().requires_grad_(True)
+        num_pos = x["binary"].sum().clamp_min(1)
+        (sigmoid_focal_loss(logits, x["binary"], reduction="sum") / num_pos).backward()
+    return run
+
+
+# ----------------------------------------------------------------------------- table
+def _fmt(v: Optional[float], estimated: bool = False, digits: int = 1) -> str:
+    if v is None:
+        return "n/a"
+    s = f"{v:.{digits}f}"
+    return ("~" + s) if estimated else s
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--losses", default="rs,alrp,ap")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-loop-above", type=int, default=1000,
+                        help="run the loop over at most this many positives; extrapolate (~)")
+    parser.add_argument("--devices", default=None,
+                        help="comma list; default: cpu, plus cuda when available")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="PxN list, e.g. 100x1e4,1000x1e5")
+    args = parser.parse_args(argv)
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    losses = [s.strip() for s in args.losses.split(",") if s.strip()]
+    for name in losses:
+        if name not in ("rs", "alrp", "ap"):
+            parser.error(f"unknown loss {name}")
+    if args.devices:
+        devices = [torch.device(d) for d in args.devices.split(",")]
+    else:
+        devices = [torch.device("cpu")] + (
+            [torch.device("cuda")] if torch.cuda.is_available() else [])
+    sizes: List[Tuple[int, int]] = []
+    for item in args.sizes.split(","):
+        p, n = item.lower().split("x")
+        sizes.append((int(float(p)), int(float(n))))
+
+    header = ["device", "P", "N", "loss", "loop ms", "ours ms", "focal ms", "loop/ours",
+              "ours/focal", "loop MiB", "ours MiB", "focal MiB"]
+    rows = []
+    for device in devices:
+        for p, n in sizes:
+            x = make_inputs(p, n, device)
+            focal = focal_fn(x)
+            focal_ms = time_ms(focal, device, args.repeats)
+            focal_mem = peak_memory_mib(focal, device)
+            for loss in losses:
+                ours = ours_fn(loss, x)
+                ours_ms = time_ms(ours, device, args.repeats)
+                ours_mem = peak_memory_mib(ours, device)
+                k = p if p <= args.skip_loop_above else args.skip_loop_above
+                loop = loop_fn(loss, x, None if k == p else k)
+                _sync(device)
+                start = time.perf_counter()
+                loop()
+                _sync(device)
+                loop_ms = (time.perf_counter() - start) * 1e3 * p / k
+                loop_mem = peak_memory_mib(loop, device)
+                est = k != p
+                rows.append([
+                    device.type, str(p), f"{n:.0e}".replace("+0", ""), loss,
+                    _fmt(loop_ms, est, 0), _fmt(ours_ms, digits=2), _fmt(focal_ms, digits=2),
+                    _fmt(loop_ms / ours_ms, est, 0), _fmt(ours_ms / focal_ms, digits=2),
+                    _fmt(loop_mem), _fmt(ours_mem), _fmt(focal_mem),
+                ])
+                print("  done:", " ".join(rows[-1]), flush=True)
+            del x
+
+    threads = torch.get_num_threads()
+    print()
+    print(f"forward+backward, float32, torch {torch.__version__}, CPU threads {threads}, "
+          f"median of {args.repeats} (loop: 1 run); ~ = loop extrapolated from "
+          f"{args.skip_loop_above} positives")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = "| " + " | ".join(h.rjust(w) for h, w in zip(header, widths)) + " |"
+    print(line)
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(c.rjust(w) for c, w in zip(r, widths)) + " |")
+    if any(r[4].startswith("~") for r in rows):
+        print("loop MiB of ~ rows: measured on the shortened loop (its memory does not grow "
+              "with the number of iterations).")
+
+
+if __name__ == "__main__":
+    main()
