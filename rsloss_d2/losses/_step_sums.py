@@ -16,15 +16,19 @@ breakpoints ≤ x (``searchsorted(bp, x, right=True)``). Then
   count fully, those in bins [r(c_i − δ), r(c_i + δ)) linearly, via suffix sums over the bins;
 * (B) is ``α[k] + β[k] · x`` on bin k, with α, β built from difference arrays over the bins.
 
-Everything is O((P + N) log P); the bin totals and tables are accumulated in float64 (the suffix
-sums subtract totals over up to 10^6 points) and only the final values are cast back.
+The bin totals, suffix sums and tables are accumulated in float64 (they subtract totals over up
+to 10^6 points) and only the final values are cast back to the compute dtype.
 
-For the many negatives (10^5–10^6) a binary search per element is the dominant cost, so
-:class:`PointBins` first maps every element to one of ~16 cells per breakpoint of a *uniform*
-grid over the breakpoints' range with one multiply (a monotone map, so a cell that contains no
-breakpoint lies entirely inside one bin and its bin is known from the cell), and runs the exact
-binary search only for the few elements that fall into a cell holding a breakpoint. The result is
-exact: no approximation is made anywhere.
+For the many negatives (10^5–10^6) a binary search per element would dominate the cost, so
+:class:`PointBins` first maps every element to a cell of a *uniform* grid over the breakpoints'
+range (~64 cells per breakpoint) with one multiply. The map is monotone, so a cell that holds no
+breakpoint lies inside one bin, known from the cell; only the few elements in a cell that holds a
+breakpoint are compared with that cell's breakpoints. Cost: O(N) elementwise work and histograms
+over the negatives plus O(P log P) for the breakpoints; no P×N matrix and no loop over positives.
+No approximation is made: the values equal the official ones up to float rounding.
+
+Host synchronisations per call (data-dependent shapes): the finite check, the number of
+positives, the number of elements in breakpoint cells and the most breakpoints in one cell.
 """
 from __future__ import annotations
 
@@ -98,15 +102,18 @@ def row_blocks(rows: int, cols: int, max_elements: int = 1 << 22):
         yield slice(start, min(rows, start + step))
 
 
-def suffix_sum(x: torch.Tensor) -> torch.Tensor:
-    """``out[k] = Σ_{m ≥ k} x[m]`` with a trailing 0 (length ``len(x) + 1``)."""
-    out = torch.zeros(x.numel() + 1, dtype=x.dtype, device=x.device)
-    out[:-1] = x.flip(0).cumsum(0).flip(0)
+def suffix_sums(x: torch.Tensor) -> torch.Tensor:
+    """``out[:, k] = Σ_{m ≥ k} x[:, m]`` with a trailing zero column: (K, n) → (K, n + 1)."""
+    out = x.new_zeros(x.shape[0], x.shape[1] + 1)
+    out[:, :-1] = x.flip(1).cumsum(1).flip(1)
     return out
 
 
 class StepBins:
     """The bins cut by the breakpoints ``c_i ± δ`` of a set of centres (the positives' logits).
+
+    Bin k holds the x with exactly k breakpoints ≤ x. With ``r(v) = #{breakpoints ≤ v}`` for a
+    breakpoint v, a point x lies in a bin ≥ r(v) ⇔ x ≥ v.
 
     Args:
         centers: (P,) logits of the positives, P ≥ 1, compute dtype.
@@ -115,18 +122,17 @@ class StepBins:
 
     def __init__(self, centers: torch.Tensor, delta: float):
         self.delta = float(delta)
+        self.num_centers = centers.numel()
         self.centers64 = centers.to(torch.float64)
         if self.delta > 0:
-            lower = centers - self.delta
-            upper = centers + self.delta
-            self.bp = torch.cat([lower, upper]).sort().values
-            # r(v) = #{breakpoints ≤ v}; a point x lies in a bin ≥ r(v) ⇔ x ≥ v (v a breakpoint).
-            self.r_lo = torch.searchsorted(self.bp, lower, right=True)
-            self.r_hi = torch.searchsorted(self.bp, upper, right=True)
+            both = torch.cat([centers - self.delta, centers + self.delta])
+            self.bp = both.sort().values
+            self.r = torch.searchsorted(self.bp, both, right=True)  # [r(c_i − δ); r(c_i + δ)]
+            self.r_lo, self.r_hi = self.r[: self.num_centers], self.r[self.num_centers:]
             self.inv2d = 1.0 / (2.0 * self.delta)
         else:
             self.bp = centers.sort().values
-            self.r_lo = self.r_hi = torch.searchsorted(self.bp, centers, right=True)
+            self.r = self.r_lo = self.r_hi = torch.searchsorted(self.bp, centers, right=True)
             self.inv2d = 0.0
         self.num_bins = self.bp.numel() + 1
 
@@ -141,31 +147,31 @@ class StepBins:
         weighted_x: torch.Tensor,
         shift: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """(A): ``Σ_j u_j H(x_j − c_i)`` for every centre, float64 (P,).
+        """(A): ``Σ_j u_j H(x_j − c_i)`` for every centre and K weightings u, float64 (K, P).
 
         Args:
             count: (num_bins,) number of points per bin (exact integers, any dtype).
-            weight: (num_bins,) float64 ``Σ u_j`` per bin.
-            weighted_x: (num_bins,) float64 ``Σ u_j (x_j − shift)`` per bin.
+            weight: (K, num_bins) float64 ``Σ u_j`` per bin.
+            weighted_x: (K, num_bins) float64 ``Σ u_j (x_j − shift)`` per bin.
             shift: optional float64 scalar the point coordinates were shifted by (0 if None).
         """
-        w_ge = suffix_sum(weight)
-        out = w_ge[self.r_hi]  # points at or above c_i + δ: H = 1
-        if self.delta > 0:
-            # The first and the last bin are never inside a window [c_i − δ, c_i + δ): leave their
-            # coordinates out, so that outliers (|x| ~ 1e30) cannot spoil the suffix sums.
-            weighted_x = weighted_x.clone()
-            weighted_x[0] = 0
-            weighted_x[-1] = 0
-            c_ge = suffix_sum(count.to(torch.float64))
-            n_lin = c_ge[self.r_lo] - c_ge[self.r_hi]  # exact (integers)
-            wx_ge = suffix_sum(weighted_x)
-            w_lin = w_ge[self.r_lo] - w_ge[self.r_hi]
-            wx_lin = wx_ge[self.r_lo] - wx_ge[self.r_hi]
-            centers = self.centers64 if shift is None else self.centers64 - shift
-            lin = (wx_lin - centers * w_lin) * self.inv2d + 0.5 * w_lin
-            out = out + torch.where(n_lin > 0, lin, torch.zeros_like(lin))
-        return out
+        k = weight.shape[0]
+        p = self.num_centers
+        if self.delta <= 0:
+            return suffix_sums(weight).index_select(1, self.r_hi)  # hard step: x ≥ c_i
+        # The first and the last bin are never inside a window [c_i − δ, c_i + δ): leave their
+        # coordinates out, so that outliers (|x| ~ 1e30) cannot spoil the sums.
+        weighted_x = weighted_x.clone()
+        weighted_x[:, 0] = 0
+        weighted_x[:, -1] = 0
+        stacked = torch.cat([weight, weighted_x, count.to(torch.float64)[None]], 0)
+        at = suffix_sums(stacked).index_select(1, self.r)  # (2K + 1, 2P): at r_lo | at r_hi
+        lo, hi = at[:, :p], at[:, p:]
+        window = lo - hi  # sums over the points with c_i − δ ≤ x < c_i + δ
+        centers = self.centers64 if shift is None else self.centers64 - shift
+        lin = (window[k:2 * k] - centers * window[:k]) * self.inv2d + 0.5 * window[:k]
+        n_lin = window[2 * k]  # exact (integers): exactly 0 for an empty window
+        return hi[:k] + torch.where(n_lin > 0, lin, torch.zeros_like(lin))
 
     def tables(self, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B): per-bin ``(α, β)``, float64 (num_bins,), with ``Σ_i w_i H(x − c_i) = α[k] + β[k]x``.
@@ -177,20 +183,21 @@ class StepBins:
         """
         w64 = w.to(torch.float64)
         nb = self.num_bins
-        alpha = torch.zeros(nb, dtype=torch.float64, device=w.device)
-        alpha.index_add_(0, self.r_hi, w64)  # centres with c_i + δ ≤ x contribute w_i
-        if self.delta > 0:
-            slope = w64 * self.inv2d
-            const = 0.5 * w64 - slope * self.centers64
-            beta = torch.zeros_like(alpha)
-            beta.index_add_(0, self.r_lo, slope).index_add_(0, self.r_hi, -slope)
-            alpha.index_add_(0, self.r_lo, const).index_add_(0, self.r_hi, -const)
-            alpha, beta = alpha.cumsum(0), beta.cumsum(0)
-            # Remove the rounding residue of the difference arrays above every window.
-            alpha[-1] = w64.sum()
-            beta[-1] = 0
-            return alpha, beta
-        return alpha.cumsum(0), torch.zeros_like(alpha)
+        if self.delta <= 0:
+            alpha = torch.zeros(nb, dtype=torch.float64, device=w.device)
+            alpha.index_add_(0, self.r_hi, w64)  # centres with c_i ≤ x contribute w_i
+            alpha = alpha.cumsum(0)
+            return alpha, torch.zeros_like(alpha)
+        slope = w64 * self.inv2d
+        const = 0.5 * w64 - slope * self.centers64  # w_i H(x − c_i) = const_i + slope_i x inside
+        diff = torch.zeros(2, nb, dtype=torch.float64, device=w.device)
+        diff.index_add_(1, self.r_lo, torch.stack([const, slope]))
+        diff.index_add_(1, self.r_hi, torch.stack([w64 - const, -slope]))  # then w_i, constant
+        ab = diff.cumsum(1)
+        # Remove the rounding residue of the difference arrays above every window.
+        ab[0, -1] = w64.sum()
+        ab[1, -1] = 0
+        return ab[0], ab[1]
 
 
 class PointBins:
@@ -203,8 +210,9 @@ class PointBins:
     points, so a breakpoint b satisfies b < x if cell(b) < cell(x) and b > x if
     cell(b) > cell(x): in a cell that holds no breakpoint ("pure" cell) all points share one bin,
     ``#{b : cell(b) < cell}``, and the piecewise-linear sums are linear in ``frac``. Only points
-    in the ≤ 2P cells that hold a breakpoint go through a binary search (~64 cells per
-    breakpoint keep those few unless the points concentrate on the breakpoints). The result is
+    in the ≤ 2P cells that hold a breakpoint are compared with that cell's breakpoints (binary
+    search if a cell holds more than 8); ~64 cells per breakpoint keep those points few unless
+    they concentrate on the breakpoints. The result is
     exact up to float rounding; in float32 a point's position inside its cell is known to about
     ``eps · (grid width)``, the same order as the rounding of the logits themselves.
 
@@ -224,7 +232,8 @@ class PointBins:
         dev = x.device
         num_cells = int(min(max(cells_per_breakpoint * bp.numel(), 1024), 1 << 18))
         lo, hi = bp[0], bp[-1]
-        width = (hi - lo).clamp_min(1e-3)
+        # Width clamped to stay finite for absurd logits (±1e38): the map stays monotone.
+        width = (hi - lo).clamp(1e-3, torch.finfo(bp.dtype).max / 8)
         scale = num_cells / width
         offset = lo - 2 * width / num_cells  # breakpoints land in cells ≥ 1 (≈ 2 .. C − 2)
         cells = num_cells + 4
@@ -240,10 +249,11 @@ class PointBins:
         frac = v.sub_(cell)  # position inside the cell, in [0, 1) (in place: v is not needed)
         count_c = torch.bincount(cell, minlength=cells)
         frac_c = torch.bincount(cell, weights=frac, minlength=cells).to(torch.float64)
-        # Points in a cell that holds a breakpoint: exact binary search.
+        # Points in a cell that holds a breakpoint: exact bin by comparison with the few
+        # breakpoints of that cell (they are bp[below[c] : below[c] + bp_per_cell[c]]).
         self.mixed_idx = mixed.to(torch.uint8).index_select(0, cell).nonzero().squeeze(1)
         self.mixed_x = x.index_select(0, self.mixed_idx)
-        self.mixed_bin = bins.bin_of(self.mixed_x)
+        self.mixed_bin = self._resolve(bp, below, bp_per_cell, cell, self.mixed_x)
         # Per-bin number of points and Σ (x − off): pure cells by cell, the others exactly.
         nb = bins.num_bins
         scale64 = scale.to(torch.float64)
@@ -264,11 +274,25 @@ class PointBins:
         self._cell_left = self._offset64 + cell_index / scale64  # x of each cell's left edge
         self._cell_width = 1.0 / scale64
 
+    def _resolve(self, bp, below, bp_per_cell, cell, mixed_x, max_compare: int = 8):
+        max_per_cell = int(bp_per_cell.max())  # host read of one number
+        if max_per_cell > max_compare or mixed_x.numel() == 0:
+            return self.bins.bin_of(mixed_x)
+        mixed_cell = cell.index_select(0, self.mixed_idx)
+        first = below.index_select(0, mixed_cell)
+        count = bp_per_cell.index_select(0, mixed_cell)
+        k = first.clone()
+        last = bp.numel() - 1
+        for m in range(max_per_cell):
+            b = bp.index_select(0, (first + m).clamp_max_(last))
+            k += (mixed_x >= b) & (count > m)
+        return k
+
     def sums_at_centers(self) -> torch.Tensor:
         """(A) with unit weights: ``Σ_j H(x_j − c_i)`` over the masked points, float64 (P,)."""
         return self.bins.sums_at_centers(
-            self.count, self.count.to(torch.float64), self.sum_u, shift=self._offset64
-        )
+            self.count, self.count.to(torch.float64)[None], self.sum_u[None], shift=self._offset64
+        )[0]
 
     def evaluate(self, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         """(B): ``α[k] + β[k]·x`` for every masked element, 0 elsewhere; (M,) compute dtype.
@@ -292,12 +316,17 @@ class PointBins:
 
 def step_sums_over_points(bins: StepBins, x: torch.Tensor, u: Optional[torch.Tensor] = None
                           ) -> torch.Tensor:
-    """(A) for a small set of points (e.g. the positives themselves), with weights ``u``."""
+    """(A) for a small set of points (e.g. the positives themselves): (K, P) float64.
+
+    Args:
+        x: (n,) points.  u: (K, n) weightings (None: one unit weighting, K = 1).
+    """
     k = bins.bin_of(x)
     nb = bins.num_bins
     x64 = x.to(torch.float64)
-    u64 = torch.ones_like(x64) if u is None else u.to(torch.float64)
+    u64 = torch.ones_like(x64)[None] if u is None else u.to(torch.float64)
     count = torch.bincount(k, minlength=nb)
-    weight = torch.bincount(k, weights=u64, minlength=nb)
-    weighted_x = torch.bincount(k, weights=u64 * x64, minlength=nb)
+    weight = torch.zeros(u64.shape[0], nb, dtype=torch.float64, device=x.device)
+    weight.index_add_(1, k, u64)
+    weighted_x = torch.zeros_like(weight).index_add_(1, k, u64 * x64)
     return bins.sums_at_centers(count, weight, weighted_x)

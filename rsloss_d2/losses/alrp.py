@@ -69,8 +69,11 @@ def _alrp_forward(s: torch.Tensor, t: torch.Tensor, loc: torch.Tensor, delta: fl
     negatives = PointBins(bins, s, neg)
     fp_num = negatives.sums_at_centers()  # float64 (P,)
     # Positive–positive sums with the self term H(0) = 1/2 removed (spec §3.1: "j ≠ i").
-    pos_sum = step_sums_over_points(bins, fg_s) - 0.5
-    loc_sum = step_sums_over_points(bins, fg_s, loc) - 0.5 * loc.to(torch.float64)
+    # One pass for both weightings: Σ_j H(x_ij) and Σ_j H(x_ij) ℓ_loc(j); H(0) = 1/2 removed.
+    loc64 = loc.to(torch.float64)
+    pos_sums = step_sums_over_points(bins, fg_s, torch.stack([torch.ones_like(loc64), loc64]))
+    pos_sum = pos_sums[0] - 0.5
+    loc_sum = pos_sums[1] - 0.5 * loc64
     fp_num = fp_num.to(s.dtype)
     rank_pos = 1 + pos_sum.to(s.dtype)
     rank = rank_pos + fp_num

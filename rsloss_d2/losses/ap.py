@@ -43,7 +43,7 @@ def _ap_forward(s: torch.Tensor, t: torch.Tensor, delta: float):
     bins = StepBins(fg_s, delta)
     negatives = PointBins(bins, s, neg)
     fp_num = negatives.sums_at_centers().to(s.dtype)
-    rank_pos = 1 + (step_sums_over_points(bins, fg_s) - 0.5).to(s.dtype)  # 1 + Σ_{j≠i} H(x_ij)
+    rank_pos = 1 + (step_sums_over_points(bins, fg_s)[0] - 0.5).to(s.dtype)  # 1 + Σ_{j≠i} H(x_ij)
     rank = rank_pos + fp_num
     prec = rank_pos / rank
     # Interpolation (spec §4.1): p̂(i) = max prec over the positives up to i in ascending logit

@@ -35,16 +35,13 @@ def _positive_block_stats(
     """
     num_fg = fg_s.numel()
     one_minus_y = 1 - fg_y
-    if delta > 0:
-        shifted = fg_s / (2 * delta)  # H(s_j − s_i) = clamp(shifted_j + 1/2 − shifted_i, 0, 1)
-        shifted_half = shifted + 0.5
     rank_pos = torch.empty_like(fg_s)
     sort_err = torch.empty_like(fg_s)
     sort_grad = torch.zeros_like(fg_s)
     zero = torch.zeros((), dtype=fg_s.dtype, device=fg_s.device)
     for rows in row_blocks(num_fg, num_fg):
         if delta > 0:
-            h = (shifted_half[None, :] - shifted[rows, None]).clamp_(0, 1)  # H(x_ij), (rows, P)
+            h = (fg_s[None, :] - fg_s[rows, None]).div_(2 * delta).add_(0.5).clamp_(0, 1)  # H(x_ij)
         else:
             h = (fg_s[None, :] >= fg_s[rows, None]).to(fg_s.dtype)
         lower = fg_y[None, :] < fg_y[rows, None]  # y_j < y_i: the "missorted" candidates

@@ -22,7 +22,8 @@ def naive_carafe(x, kernels, k, group, scale):
                         for kx in range(k):
                             iy, ix = sy + ky - r, sx + kx - r
                             if 0 <= iy < h and 0 <= ix < w:
-                                acc = acc + x[b, ch, iy, ix] * kernels[b, g * k * k + ky * k + kx, oy, ox]
+                                wgt = kernels[b, g * k * k + ky * k + kx, oy, ox]
+                                acc = acc + x[b, ch, iy, ix] * wgt
                     out[b, ch, oy, ox] = acc
     return out
 

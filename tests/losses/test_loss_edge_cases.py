@@ -231,3 +231,20 @@ def test_shape_mismatch_and_bad_delta():
         ap_loss(torch.randn(5), torch.zeros(5), delta=0)
     with pytest.raises(ValueError):
         alrp_loss(torch.randn(5), torch.zeros(5), torch.zeros(0), delta=0)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_huge_finite_logits_stay_finite(name):
+    """Logits near the float32 limit do not break the grid (no NaN, no crash)."""
+    logits = torch.tensor([3e38, -3e38, 0.0, 1.0, -1.0, 3.2e38, -3.3e38, 2.0])
+    targets = torch.tensor([1, 1, 1, 0, 0, 0, 0, 0], dtype=torch.float32)
+    if name == "rs":
+        targets = targets * 0.5
+    out, grad = run(name, logits, targets)
+    assert all(torch.isfinite(v) for v in out)
+    assert torch.isfinite(grad).all()
+    # same as the float64 computation on the same numbers
+    out64, grad64 = run(name, logits.double(), targets.double())
+    for a, b in zip(out, out64):
+        assert abs(a.item() - b.item()) < 1e-6
+    assert max_abs_diff(grad, grad64) < 1e-6

@@ -76,6 +76,16 @@ def test_sums_over_points_weighted():
     centers = torch.tensor([0.0, 0.4, 2.0], dtype=torch.float64)
     u = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
     bins = StepBins(centers, 0.5)
-    got = step_sums_over_points(bins, centers, u)
+    got = step_sums_over_points(bins, centers, u[None])[0]
     h = _h(centers[None, :] - centers[:, None], 0.5)
     assert torch.allclose(got, (h * u[None, :]).sum(1), atol=1e-14, rtol=0)
+
+
+def test_many_breakpoints_in_one_cell_fallback():
+    """> 8 breakpoints in one grid cell: the exact bins come from a binary search instead."""
+    centers = torch.cat([torch.full((12,), 0.5), torch.tensor([0.5 + 1e-9, 3.0])]).double()
+    pts = torch.cat([centers, centers + 0.25, centers - 0.25, torch.linspace(-1, 4, 101)]).double()
+    mask = torch.ones_like(pts, dtype=torch.bool)
+    w = torch.rand(centers.numel(), generator=torch.Generator().manual_seed(0)).double()
+    for delta in [0.25, 0.0]:
+        _check(centers, pts, mask, delta, w, tol=1e-12)

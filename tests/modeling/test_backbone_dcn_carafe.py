@@ -14,7 +14,7 @@ from rsloss_d2.modeling.backbone.resnet_dcn import DCNBottleneckBlock
 
 
 def small_cfg(name, deform=(False, True, True, True), groups=1, width=8):
-    """A thin R50 (few channels) so that CPU tests stay fast; the block structure is the real one."""
+    """A thin R50 (few channels) so CPU tests stay fast; the block structure is the real one."""
     cfg = get_cfg()
     add_rsloss_config(cfg)
     cfg.MODEL.BACKBONE.NAME = name
@@ -51,20 +51,21 @@ def _offset_params_have_grad(model):
 def test_dcn_resnet_builds_runs_and_trains_offsets(groups, width):
     cfg = small_cfg("build_resnet_dcn_backbone", groups=groups, width=width)
     model = _build(cfg)
-    assert isinstance(model.res2[0], BottleneckBlock) and not isinstance(model.res2[0], DCNBottleneckBlock)
+    assert type(model.res2[0]) is BottleneckBlock  # res2 stays a plain block
     for stage in (model.res3, model.res4, model.res5):
         for block in stage:
             assert isinstance(block, DCNBottleneckBlock)
             assert block.conv2.deform_groups == 4 and block.conv2.groups == groups
-    out = model(torch.randn(2, 3, 64, 96))
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 96))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "res2": (2, 32, 16, 24), "res3": (2, 64, 8, 12),
-        "res4": (2, 128, 4, 6), "res5": (2, 256, 2, 3)}
+        "res2": (1, 32, 16, 24), "res3": (1, 64, 8, 12),
+        "res4": (1, 128, 4, 6), "res5": (1, 256, 2, 3)}
     # Perturb the offsets away from zero so gradients through the sampling grid are generic.
     for m in model.modules():
         if isinstance(m, ModulatedDeformConv2d):
             torch.nn.init.normal_(m.conv_offset.weight, std=0.01)
-    sum(v.pow(2).mean() for v in model(torch.randn(2, 3, 64, 96)).values()).backward()
+    sum(v.pow(2).mean() for v in model(torch.randn(1, 3, 32, 32)).values()).backward()
     assert _offset_params_have_grad(model)
     # Frozen stem / res2 (FREEZE_AT 2) stay frozen.
     assert all(not p.requires_grad for p in model.res2.parameters())
@@ -99,8 +100,9 @@ def test_carafe_fpn_shapes_and_gradients(top):
     assert names == ({"fpn_carafe2", "fpn_carafe3", "fpn_carafe4"}
                      | ({"fpn_carafe5"} if top == "conv" else set()))
     # 72 x 100 is not a multiple of 32: odd-sized levels exercise the crop after upsampling.
-    x = torch.randn(2, 3, 72, 100)
-    out = model(x)
+    x = torch.randn(1, 3, 72, 100)
+    with torch.no_grad():
+        out = model(x)
     assert model.output_shape()["p6"].stride == 64
     sizes = {k: tuple(v.shape[-2:]) for k, v in out.items()}
     assert sizes == {"p2": (18, 25), "p3": (9, 13), "p4": (5, 7), "p5": (3, 4), "p6": (2, 2)}

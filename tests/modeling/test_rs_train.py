@@ -31,13 +31,20 @@ RPN_LOSSES = {"loss_rpn_rank", "loss_rpn_sort", "loss_rpn_bbox"}
 
 @pytest.mark.parametrize("config", sorted(CASES))
 def test_trains_on_fixed_batch(config):
-    model = build(rs_cfg(config))
-    history = train_steps(model, fixed_batch(), steps=8, lr=0.004)
+    # The cascade needs enough proposals for stage 2 (IoU 0.7) to have positives other than the
+    # GT boxes: with only GT boxes (GIoU loss ~0) λ is ~1e3 and one SGD step can throw every
+    # stage-2 box off its GT (IoU 0 → no positive → λ = 0, a dead stage; official behaviour).
+    opts = ["MODEL.RPN.POST_NMS_TOPK_TRAIN", "300"] if "cascade" in config else []
+    model = build(rs_cfg(config, opts))
+    history = train_steps(model, fixed_batch(), steps=8, lr=0.01)
     assert set(history[0]) == CASES[config] | RPN_LOSSES
     roi = [sum(v for k, v in h.items() if "roi" in k or "mask" in k) for h in history]
     rpn = [sum(v for k, v in h.items() if "rpn" in k) for h in history]
-    assert roi[-1] < 0.8 * roi[0], roi
+    assert roi[-1] < 0.9 * roi[0], roi
     assert rpn[-1] < rpn[0], rpn
+    for name in history[0]:
+        if "rank" in name:  # every head (and cascade stage) still has positives and improves
+            assert 0 < history[-1][name] < history[0][name], (name, [h[name] for h in history])
     # balanced losses: each box (and mask) loss has the value of its L_rank + L_sort
     for h in history:
         for suffix in ([f"_stage{k}" for k in range(3)] if "cascade" in config else [""]):

@@ -65,3 +65,39 @@ def test_plot_metrics_rejects_empty_file(tmp_path):
     p.write_text("")
     with pytest.raises(ValueError, match="no metrics"):
         plot.plot_metrics(str(p))
+
+
+def test_demo_with_lrp_optimal_class_thresholds(quick_run, tmp_path):
+    """The per-class LRP-optimal thresholds saved by the evaluation filter the demo's output."""
+    import glob
+
+    from rsloss_d2.evaluation import load_class_thresholds
+
+    demo = _load_tool("demo")
+    (thr_json,) = glob.glob(os.path.join(quick_run["output_dir"], "inference", "**",
+                                         "lrp_optimal_thresholds.json"), recursive=True)
+    thresholds = load_class_thresholds(thr_json)
+    assert thresholds and all(0 <= t <= 1 for t in thresholds.values())
+    weights = os.path.join(quick_run["output_dir"], "model_final.pth")
+    val_dir = os.path.join(quick_run["datasets_root"], "shapes", "val")
+    args = ["--config-file", QUICK_CONFIG, "--input", val_dir, "--output", str(tmp_path),
+            "--opts", "MODEL.WEIGHTS", weights]
+    from detectron2.engine import DefaultPredictor
+
+    cfg = demo.setup_cfg(demo.get_parser().parse_args(args))
+    predictor = DefaultPredictor(cfg)
+    kept_total, all_total = 0, 0
+    for name in sorted(os.listdir(val_dir))[:6]:
+        inst = predictor(cv2.imread(os.path.join(val_dir, name)))["instances"].to("cpu")
+        kept = demo.filter_predictions(inst, 0.0, thresholds)
+        for c, s in zip(kept.pred_classes.tolist(), kept.scores.tolist()):
+            assert s >= thresholds.get(c, 0.0)
+        # nothing that passes its class threshold is dropped
+        expect = sum(s >= thresholds.get(c, 0.0) for c, s in zip(inst.pred_classes.tolist(),
+                                                                 inst.scores.tolist()))
+        assert len(kept) == expect
+        kept_total, all_total = kept_total + len(kept), all_total + len(inst)
+    assert kept_total < all_total  # the thresholds do remove low-scoring predictions
+    written = demo.main(args[:4] + ["--output", str(tmp_path / "thr"), "--class-thresholds",
+                                    thr_json] + args[6:])
+    assert len(written) == 16

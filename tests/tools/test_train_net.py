@@ -44,6 +44,12 @@ def test_quick_training_reaches_real_ap(quick_run):
     final = quick_run["final"]
     assert final["bbox/AP"] > BOX_AP_FLOOR, final
     assert final["segm/AP"] > MASK_AP_FLOOR, final
+    # Optimal LRP beside AP (issue 5), boxes and masks, printed and stored
+    for task in ("bbox", "segm"):
+        for k in ("oLRP", "oLRP_loc", "oLRP_FP", "oLRP_FN", "oLRP_s", "oLRP_m", "oLRP_l"):
+            assert f"{task}/{k}" in final, (task, k)
+        assert 0 < final[f"{task}/oLRP"] < 100
+    assert "oLRP" in quick_run["log"] and "oLRP_loc" in quick_run["log"]
     # losses went down and Detectron2's progress line with ETA was shown
     losses = [m["total_loss"] for m in quick_run["metrics"] if "total_loss" in m]
     assert losses[-1] < losses[0]
