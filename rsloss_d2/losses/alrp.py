@@ -68,8 +68,8 @@ def _alrp_forward(s: torch.Tensor, t: torch.Tensor, loc: torch.Tensor, delta: fl
     bins = StepBins(fg_s, delta)
     negatives = PointBins(bins, s, neg)
     fp_num = negatives.sums_at_centers()  # float64 (P,)
-    # Positive–positive sums with the self term H(0) = 1/2 removed (spec §3.1: "j ≠ i").
-    # One pass for both weightings: Σ_j H(x_ij) and Σ_j H(x_ij) ℓ_loc(j); H(0) = 1/2 removed.
+    # Positive–positive sums Σ_j H(x_ij) and Σ_j H(x_ij) ℓ_loc(j) in one pass, then the self
+    # term H(0) = 1/2 removed (spec §3.1: j ≠ i; rank⁺ = 1 + Σ_{j≠i} H(x_ij)).
     loc64 = loc.to(torch.float64)
     pos_sums = step_sums_over_points(bins, fg_s, torch.stack([torch.ones_like(loc64), loc64]))
     pos_sum = pos_sums[0] - 0.5
@@ -146,7 +146,11 @@ class ALRPSelfBalance(nn.Module):
     e.g. ``lambda x: (torch.distributed.all_reduce(x), x)[1]``.
 
     State (``weight``, the sums and the call counter) lives in buffers, so it is saved and
-    restored with the model's ``state_dict`` and moves with ``.to(device)``.
+    restored with the model's ``state_dict`` and moves with ``.to(device)``. Note: as a
+    submodule of a model wrapped in ``DistributedDataParallel`` with ``broadcast_buffers=True``
+    (the default), these buffers are overwritten by rank 0's at every forward, so every process
+    then follows rank 0's statistics (identical weights, but computed from rank 0's losses only);
+    use ``reduce_fn`` for statistics over all processes.
     """
 
     def __init__(self, period: int, init_weight: float = 50.0,

@@ -2,9 +2,11 @@
 
 Spec: ``shared/spec/ranking_losses.md`` §2. Values and the identity-update gradient equal those of
 the official per-positive loop (:func:`rsloss_d2.losses.reference.rank_sort_loss_reference`) up to
-float rounding, but the positive–negative interactions are summed through sorted breakpoints and
-prefix sums (:mod:`._step_sums`) in O((P + N) log P); only the positive–positive part (rank⁺,
-the sorting errors and their gradient) is a dense P×P computation, done in row blocks.
+float rounding. The positive–negative interactions are summed through sorted breakpoints and
+prefix sums (:mod:`._step_sums`), O(N + P log P); the positive–positive part (rank⁺, the sorting
+errors and their gradient) is a dense P×P computation in row blocks up to
+``DENSE_MAX_POSITIVES`` positives and, above, sorted prefix sums plus a divide and conquer over
+the IoU order (:func:`._step_sums.ordered_step_sums`, O(P log² P), no P×P matrix).
 """
 from __future__ import annotations
 
@@ -12,11 +14,55 @@ from typing import Tuple
 
 import torch
 
-from ._step_sums import PointBins, StepBins, no_autocast, prepare_inputs, row_blocks
+from ._step_sums import (
+    PointBins,
+    StepBins,
+    no_autocast,
+    ordered_step_sums,
+    prepare_inputs,
+    row_blocks,
+    step_sums_over_points,
+)
 
 __all__ = ["rank_sort_loss", "RankSortFunction"]
 
 _RS_EPS = 1e-10  # official eps of the "N_FP(i) > eps" and "D(i) > eps" tests (spec §2.2)
+
+
+# Up to this many positives the positive–positive part is computed densely (P×P in row
+# blocks); above it, by sorted prefix sums and a divide and conquer over the IoU order.
+DENSE_MAX_POSITIVES = 1024
+_DENSE_BLOCK_ELEMENTS = 1 << 20  # rows per block: bounds the temporaries (4 MiB in fp32)
+
+
+def _positive_pair_stats(
+    fg_s: torch.Tensor, fg_y: torch.Tensor, delta: float, bins: StepBins
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Same as :func:`_positive_block_stats` without any P×P matrix, O(P log² P).
+
+    rank⁺(i) and Σ_j H(x_ij)(1 − y_j) are plain step sums over the positives; the sums over
+    the positives with a lower IoU (D(i) and Σ_{y_j < y_i} H(x_ij)(1 − y_j)) and the sorting
+    gradient the lower-IoU positives receive are dominance step sums (:func:`ordered_step_sums`).
+    Sums of A(i) = {y_j ≥ y_i} are totals minus lower parts, in float64 (no cancellation issue:
+    Σ_{A(i)} H ≥ H(0)).
+    """
+    y64 = fg_y.to(torch.float64)
+    weights = torch.stack([torch.ones_like(y64), 1 - y64])
+    total = step_sums_over_points(bins, fg_s, weights)  # rank⁺(i), Σ_j H (1 − y_j)
+    lower = ordered_step_sums(y64, fg_s, weights, y64, fg_s, delta, point_minus_query=True)
+    miss = lower[0]  # D(i)
+    current = total[1] / total[0]  # ℓ_S(i)
+    target = (total[1] - lower[1]) / (total[0] - lower[0])  # ℓ*_S(i)
+    err = current - target
+    step = miss > _RS_EPS
+    zero = torch.zeros_like(err)
+    coef = torch.where(step, err / miss.clamp_min(_RS_EPS), zero)
+    # positive j receives Σ_{i: y_i > y_j} coef_i H(s_j − s_i): sources ordered by −y
+    received = ordered_step_sums(-y64, fg_s, coef[None], -y64, fg_s, delta,
+                                 point_minus_query=False)[0]
+    sort_grad = received - torch.where(step, err, zero)
+    dtype = fg_s.dtype
+    return total[0].to(dtype), err.to(dtype), sort_grad.to(dtype)
 
 
 def _positive_block_stats(
@@ -39,7 +85,7 @@ def _positive_block_stats(
     sort_err = torch.empty_like(fg_s)
     sort_grad = torch.zeros_like(fg_s)
     zero = torch.zeros((), dtype=fg_s.dtype, device=fg_s.device)
-    for rows in row_blocks(num_fg, num_fg):
+    for rows in row_blocks(num_fg, num_fg, _DENSE_BLOCK_ELEMENTS):
         if delta > 0:
             h = (fg_s[None, :] - fg_s[rows, None]).div_(2 * delta).add_(0.5).clamp_(0, 1)  # H(x_ij)
         else:
@@ -99,7 +145,10 @@ def _rank_sort_forward(s: torch.Tensor, t: torch.Tensor, delta: float):
     bins = StepBins(fg_s, delta)
     negatives = PointBins(bins, s, neg)
     fp_num = negatives.sums_at_centers().to(s.dtype)
-    rank_pos, sort_err, sort_grad = _positive_block_stats(fg_s, fg_y, delta)
+    if num_fg <= DENSE_MAX_POSITIVES:
+        rank_pos, sort_err, sort_grad = _positive_block_stats(fg_s, fg_y, delta)
+    else:
+        rank_pos, sort_err, sort_grad = _positive_pair_stats(fg_s, fg_y, delta, bins)
     rank = rank_pos + fp_num
     rank_err = fp_num / rank  # ℓ_R(i)
     ranking_step = fp_num > _RS_EPS

@@ -81,7 +81,8 @@ def test_loc_gradient_goes_to_loc_errors_only(seed):
 
 def test_eps_skip():
     """N_FP(i) ≤ 1e-5 → g_fg[i] = 0 and no negative gets anything from i (spec §3.2)."""
-    # positive 0 at 5 with one negative at 4 + 2e-6 (H = 1e-6); positive 1 at 0 with a negative at 0.
+    # positive 0 at 5 with one negative at 4 + 2e-6 (H = 1e-6);
+    # positive 1 at 0 with a negative at 0.
     s = torch.tensor([5.0, 0.0, 4.0 + 2e-6, 0.0], dtype=torch.float64)
     t = torch.tensor([1, 1, 0, 0], dtype=torch.float64)
     loc = torch.tensor([0.3, 0.4], dtype=torch.float64)
@@ -104,3 +105,16 @@ def test_wrong_number_of_loc_errors():
     t[:3] = 1
     with pytest.raises(ValueError, match="loc_errors"):
         alrp_loss(s, t, torch.rand(2))
+
+
+def test_eps_threshold_is_1e5():
+    """N_FP = 2e-5 > 1e-5: the step is applied for that positive."""
+    s = torch.tensor([5.0, 4.0 + 4e-5], dtype=torch.float64)  # H(−1 + 4e-5) = 2e-5 (δ = 1)
+    t = torch.tensor([1, 0], dtype=torch.float64)
+    loc = torch.tensor([0.3], dtype=torch.float64)
+    _, _, grad, _ = _fast(s, t, loc, 1.0)
+    ref = alrp_loss_reference(s, t, loc, 1.0)
+    assert max_abs_diff(grad, ref["grad"]) < 1e-12
+    fp = 2e-5
+    assert grad[0].item() == pytest.approx(-fp / (1 + fp), rel=1e-6)
+    assert grad[1].item() == pytest.approx(fp / (1 + fp), rel=1e-6)  # H · (−g_0) / N_FP

@@ -121,7 +121,8 @@ def test_positives_below_every_negative(name):
     expected = {
         "rs": (20 / (20 + 0.5 + h)).mean(),  # rank+ = 1/2 (self) + h
         "alrp": (20 / (21 + h)).mean(),  # rank+ = 1 + h
-        "ap": 1 - torch.tensor(4 / 24, dtype=torch.float64),  # ascending order: the first (lowest) has the max prec
+        # ascending order: the first (lowest) positive has the highest precision, 4/24
+        "ap": 1 - torch.tensor(4 / 24, dtype=torch.float64),
     }[name]
     assert out[0].item() == pytest.approx(expected.item(), abs=1e-12)
     # all negatives are above every positive + δ: they all get the same gradient

@@ -2,7 +2,12 @@
 import pytest
 import torch
 
-from rsloss_d2.losses._step_sums import PointBins, StepBins, step_sums_over_points
+from rsloss_d2.losses._step_sums import (
+    PointBins,
+    StepBins,
+    ordered_step_sums,
+    step_sums_over_points,
+)
 
 
 def _h(x, delta):
@@ -89,3 +94,20 @@ def test_many_breakpoints_in_one_cell_fallback():
     w = torch.rand(centers.numel(), generator=torch.Generator().manual_seed(0)).double()
     for delta in [0.25, 0.0]:
         _check(centers, pts, mask, delta, w, tol=1e-12)
+
+
+@pytest.mark.parametrize("delta", [0.5, 0.25, 0.0])
+@pytest.mark.parametrize("point_minus_query", [True, False])
+def test_ordered_step_sums_brute_force(delta, point_minus_query):
+    g = torch.Generator().manual_seed(int(delta * 8) + 2 * point_minus_query)
+    for _ in range(6):
+        num_p, num_q = [int(v) for v in torch.randint(1, 70, (2,), generator=g)]
+        pk = torch.randint(0, 6, (num_p,), generator=g).double()  # many equal keys
+        qk = torch.randint(0, 6, (num_q,), generator=g).double()
+        ps = torch.round(torch.randn(num_p, generator=g, dtype=torch.float64) * 4) / 4
+        qs = torch.round(torch.randn(num_q, generator=g, dtype=torch.float64) * 4) / 4
+        w = torch.rand(2, num_p, generator=g, dtype=torch.float64)
+        got = ordered_step_sums(pk, ps, w, qk, qs, delta, point_minus_query)
+        d = ps[None, :] - qs[:, None] if point_minus_query else qs[:, None] - ps[None, :]
+        h = _h(d, delta) * (pk[None, :] < qk[:, None])  # strictly smaller key only
+        assert (got - (w[:, None, :] * h[None]).sum(-1)).abs().max() < 1e-12

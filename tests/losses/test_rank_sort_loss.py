@@ -124,3 +124,29 @@ def test_ranking_eps_skip_keeps_value():
     assert max_abs_diff(grad, ref["grad"]) < 1e-12
     assert grad[0].item() == 0  # −ℓ_R(0)/|P| ≈ −3e-13 would be applied without the eps test
     assert grad[1].item() == pytest.approx(-(1.7 / 3.2) / 2, abs=1e-12)  # rank = 1.5 + 1.7
+
+
+@pytest.mark.parametrize("seed", range(0, 48, 3))
+def test_sorted_pair_path_matches_reference(seed, monkeypatch):
+    """The O(P log² P) positive–positive path (used above DENSE_MAX_POSITIVES) is exact too."""
+    import rsloss_d2.losses.rank_sort as rank_sort_module
+
+    monkeypatch.setattr(rank_sort_module, "DENSE_MAX_POSITIVES", 0)
+    logits, targets, delta = random_case(seed, binary=False)
+    loss_rank, loss_sort, grad = _fast(logits, targets, delta)
+    ref = rank_sort_loss_reference(logits, targets, delta)
+    assert abs(loss_rank.item() - ref["loss_rank"].item()) < 1e-9
+    assert abs(loss_sort.item() - ref["loss_sort"].item()) < 1e-9
+    assert max_abs_diff(grad, ref["grad"]) < 1e-9
+
+
+def test_ranking_eps_threshold_is_1e10():
+    """N_FP = 1e-7 is above the RS eps (1e-10): the ranking step is applied (aLRP's 1e-5 would
+    skip it)."""
+    s = torch.tensor([5.0, 4.5 + 2e-7, 0.0, 0.2], dtype=torch.float64)  # H(−0.5 + 2e-7) = 2e-7
+    t = torch.tensor([0.5, 0.0, 0.5, 0.0], dtype=torch.float64)
+    loss_rank, _, grad = _fast(s, t, 0.5)
+    ref = rank_sort_loss_reference(s, t, 0.5)
+    assert max_abs_diff(grad, ref["grad"]) < 1e-12
+    # positive 0: N_FP = 2e-7 > 1e-10, so it gets −ℓ_R(0)/|P| ≈ −2e-7/1.5/2
+    assert grad[0].item() < -1e-8
