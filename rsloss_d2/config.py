@@ -41,12 +41,12 @@ def add_rsloss_config(cfg):
     _C.MODEL.RS_RPN = CN()
     # Multiplier of all three RSRPN losses (rank, sort, bbox); official head_weight 0.2.
     _C.MODEL.RS_RPN.HEAD_WEIGHT = 0.2
-    # RSRPN low-quality matches: a GT's best anchors become positive only if that IoU >= this (mmdet).
+    # RSRPN low-quality matches: a GT's best anchors become positive only if that IoU >= this.
     _C.MODEL.RS_RPN.MIN_POS_IOU = 0.3
     _C.MODEL.RS_ROI_HEADS = CN()
-    # RS ROI heads matcher match_low_quality (official: False for Faster/Cascade, True for Mask R-CNN).
+    # RS ROI heads match_low_quality (official: False for Faster / Cascade, True for Mask R-CNN).
     _C.MODEL.RS_ROI_HEADS.ALLOW_LOW_QUALITY_MATCHES = False
-    # Max positive RoIs per process batch fed to the mask head, drawn at random (official 200; <=0: all).
+    # Max positive RoIs per process batch for the mask head, drawn at random (official 200).
     _C.MODEL.RS_ROI_HEADS.MASK_MAX_POSITIVES = 200
     # Loss weight of each RSCascadeROIHeads stage (official RS-Cascade: [1, 1, 1]).
     _C.MODEL.RS_ROI_HEADS.CASCADE_STAGE_LOSS_WEIGHTS = [1.0, 1.0, 1.0]

@@ -18,7 +18,7 @@ E2E_OVERRIDES = [
 ]
 
 
-def run_train_net(args, datasets_root, timeout=900, check=True):
+def run_train_net(args, datasets_root, timeout=1800, check=True):
     """Run tools/train_net.py in a subprocess; returns the CompletedProcess (stdout+stderr)."""
     env = dict(os.environ, DETECTRON2_DATASETS=datasets_root, PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, TRAIN_NET] + list(args), env=env, cwd=REPO,

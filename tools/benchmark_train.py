@@ -11,7 +11,8 @@ scheduler step) on the same pre-loaded batches of config A's training set (data 
 timed). The steps of the two models are interleaved (A, B, then B, A, ...) so that load changes
 on a shared machine hit both alike. Prints the median / mean / p10 / p90 step time of each and
 the ratio B / A of the medians in one table. Extra ``KEY VALUE`` pairs after ``--opts`` apply to
-both configs.
+both configs. ``--weights-a/-b`` load checkpoints (e.g. the trained models, whose RoI heads see
+more positives than at initialisation, so the step times are those of a trained model).
 """
 import argparse
 import copy
@@ -25,6 +26,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import torch  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import build_detection_train_loader  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
@@ -47,11 +49,13 @@ def setup(config_file, opts, device):
 
 
 class Runner:
-    """One model with its optimizer and LR scheduler; ``step(batch)`` returns seconds."""
+    """One model with its optimizer and LR scheduler; ``step(batch)`` times one training step."""
 
-    def __init__(self, cfg, seed):
+    def __init__(self, cfg, seed, weights=""):
         torch.manual_seed(seed)
         self.model = build_model(cfg)
+        if weights:  # e.g. a trained checkpoint: time the steps of a trained model
+            DetectionCheckpointer(self.model).load(weights)
         self.model.train()
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
@@ -68,7 +72,8 @@ class Runner:
             losses = self.model(batch)
             total = sum(losses.values())
             if not torch.isfinite(total):
-                raise FloatingPointError(f"non-finite loss: { {k: float(v) for k, v in losses.items()} }")
+                values = {k: float(v) for k, v in losses.items()}
+                raise FloatingPointError(f"non-finite loss: {values}")
             self.optimizer.zero_grad()
             total.backward()
             self.optimizer.step()
@@ -79,7 +84,7 @@ class Runner:
         elapsed = time.perf_counter() - start
         if record:
             self.times.append(elapsed)
-        return float(total)
+        return float(total.detach())
 
 
 def summary(times):
@@ -91,6 +96,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config-a", default="configs/shapes/mask_rcnn_R_18_FPN_quick.yaml")
     parser.add_argument("--config-b", default="configs/shapes/rs_mask_rcnn_R_18_FPN_quick.yaml")
+    parser.add_argument("--weights-a", default="", help="checkpoint to load into model A")
+    parser.add_argument("--weights-b", default="", help="checkpoint to load into model B")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per model")
     parser.add_argument("--iters", type=int, default=40, help="timed steps per model")
     parser.add_argument("--num-batches", type=int, default=10,
@@ -114,7 +121,8 @@ def main(argv=None):
     batches = list(itertools.islice(iter(loader), num_batches))
     del loader
 
-    runner_a, runner_b = Runner(cfg_a, args.seed), Runner(cfg_b, args.seed)
+    runner_a = Runner(cfg_a, args.seed, args.weights_a)
+    runner_b = Runner(cfg_b, args.seed, args.weights_b)
     for i in range(total_steps):
         batch = batches[i % num_batches]
         record = i >= args.warmup
@@ -124,12 +132,13 @@ def main(argv=None):
 
     med_a, mean_a, p10_a, p90_a = summary(runner_a.times)
     med_b, mean_b, p10_b, p90_b = summary(runner_b.times)
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
+    load = tuple(round(x, 2) for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(f"device: {args.device} ({platform.processor() or platform.machine()}, "
-          f"torch threads {torch.get_num_threads()}, load average {tuple(round(x, 2) for x in load)})")
+          f"torch threads {torch.get_num_threads()}, load average {load})")
     print(f"images per step: {cfg_a.SOLVER.IMS_PER_BATCH}; warm-up {args.warmup}, "
           f"timed {args.iters} steps per model, interleaved; {num_batches} distinct batches")
-    header = f"| {'model':<6} | {'config':<48} | {'median s':>8} | {'mean s':>7} | {'p10 s':>6} | {'p90 s':>6} |"
+    header = (f"| {'model':<6} | {'config':<48} | {'median s':>8} | {'mean s':>7} "
+              f"| {'p10 s':>6} | {'p90 s':>6} |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for name, cfg_file, (med, mean, p10, p90) in (

@@ -13,6 +13,7 @@ DistributedDataParallel over gloo.
 import logging
 import os
 import sys
+import weakref
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -21,8 +22,18 @@ import torch  # noqa: E402
 import detectron2.utils.comm as comm  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.engine import (  # noqa: E402
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    default_argument_parser,
+    default_setup,
+    launch,
+)
 from detectron2.evaluation import verify_results  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from rsloss_d2 import add_rsloss_config  # noqa: E402
 from rsloss_d2.data import DatasetFileError, check_dataset_files  # noqa: E402
@@ -31,7 +42,33 @@ from rsloss_d2.evaluation.build import build_evaluator  # noqa: E402
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer whose evaluator is chosen from the dataset's metadata (COCO or LVIS, with
-    Optimal LRP beside AP when cfg.TEST.OLRP.ENABLED)."""
+    Optimal LRP beside AP when cfg.TEST.OLRP.ENABLED), and which can train with several CPU
+    processes."""
+
+    def __init__(self, cfg):
+        # Same as DefaultTrainer.__init__, except for the DDP wrapper: Detectron2's
+        # `create_ddp_model` always passes `device_ids=[local_rank]`, which DDP rejects for a CPU
+        # model, so `--num-gpus N` without CUDA (gloo) would fail.
+        TrainerBase.__init__(self)
+        logger = logging.getLogger("detectron2")
+        if not logger.isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        model = create_ddp_model(model, broadcast_buffers=False,
+                                 **({"device_ids": None} if on_cpu else {}))
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -51,7 +51,8 @@ def make_image(size, objects):
         img[y0:y1, x0:x1] = _COLOURS[c]
         masks[k, y0:y1, x0:x1] = True
     inst = Instances((size, size))
-    inst.gt_boxes = Boxes(torch.tensor([o[1:] for o in objects], dtype=torch.float32).reshape(-1, 4))
+    boxes = torch.tensor([o[1:] for o in objects], dtype=torch.float32).reshape(-1, 4)
+    inst.gt_boxes = Boxes(boxes)
     inst.gt_classes = torch.tensor([o[0] for o in objects], dtype=torch.int64)
     inst.gt_masks = BitMasks(torch.from_numpy(masks))
     return {"image": torch.from_numpy(img).permute(2, 0, 1).contiguous(), "height": size,

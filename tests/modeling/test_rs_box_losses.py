@@ -117,3 +117,16 @@ def test_positive_with_zero_iou_becomes_negative():
     # one positive (row 0) at the top: ranking error 0, sorting error 0
     assert out.loss_rank.item() == pytest.approx(0.0)
     assert out.num_pos == 2 and out.ious.tolist() == pytest.approx([1.0, 0.0], abs=1e-6)
+
+
+def test_autocast_inputs_are_computed_in_fp32():
+    logits, labels, pred, gt = _case()
+    ref = rs_detection_losses(logits, labels, pred, gt)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = rs_detection_losses(logits.bfloat16(), labels, pred.bfloat16(), gt)
+    for name in ("loss_rank", "loss_sort", "loss_box"):
+        value = getattr(out, name)
+        assert value.dtype == torch.float32 and torch.isfinite(value)
+        assert abs(value.item() - getattr(ref, name).item()) < 0.05
+    out.loss_box.backward()
+    assert torch.isfinite(pred.grad).all()

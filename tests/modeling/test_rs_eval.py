@@ -48,7 +48,8 @@ def test_eval_only_gives_box_and_mask_ap(small_shapes, tmp_path):
     eval_out = str(tmp_path / "eval")
     log = _run(["--config-file", CONFIG, "--eval-only", "MODEL.WEIGHTS", weights, "OUTPUT_DIR",
                 eval_out] + SHORT, small_shapes)
-    with open(os.path.join(eval_out, "inference", "shapes_val", "coco_instances_results.json")) as f:
+    results = os.path.join(eval_out, "inference", "shapes_val", "coco_instances_results.json")
+    with open(results) as f:
         dets = json.load(f)
     assert dets and all(0 <= d["score"] <= 1 for d in dets)
     assert all("segmentation" in d for d in dets)

@@ -10,7 +10,11 @@ from detectron2.utils.events import EventStorage
 import rsloss_d2.modeling.box_losses as box_losses
 from rsloss_d2.losses import rank_sort_loss
 from rsloss_d2.modeling.box_losses import aligned_iou, giou_loss
-from rsloss_d2.modeling.roi_heads import RSFastRCNNOutputLayers, RSMaskRCNNConvUpsampleHead, dice_loss
+from rsloss_d2.modeling.roi_heads import (
+    RSFastRCNNOutputLayers,
+    RSMaskRCNNConvUpsampleHead,
+    dice_loss,
+)
 
 from _rs_helpers import build, fixed_batch, rs_cfg
 
@@ -28,7 +32,8 @@ def _predictor():
 def _hand_case():
     """Two images: image 0 has RoIs of class 1, background, class 0; image 1 one ignored RoI."""
     props0 = Instances((64, 64))
-    props0.proposal_boxes = Boxes(torch.tensor([[0.0, 0, 20, 20], [40, 40, 60, 60], [30, 0, 50, 16]]))
+    props0.proposal_boxes = Boxes(
+        torch.tensor([[0.0, 0, 20, 20], [40, 40, 60, 60], [30, 0, 50, 16]]))
     props0.gt_classes = torch.tensor([1, C, 0])
     props0.gt_boxes = Boxes(torch.tensor([[2.0, 2, 22, 22], [0, 0, 1, 1], [28, 0, 50, 20]]))
     props1 = Instances((64, 64))
@@ -76,7 +81,8 @@ def test_box_loss_value_and_gradient_scale():
     proposals, scores, deltas = _hand_case()
     with EventStorage(0):
         losses, out = pred.rs_losses((scores, deltas), proposals)
-    assert torch.allclose(losses["loss_roi_bbox"], losses["loss_roi_rank"] + losses["loss_roi_sort"])
+    cls = losses["loss_roi_rank"] + losses["loss_roi_sort"]
+    assert torch.allclose(losses["loss_roi_bbox"], cls)
     losses["loss_roi_bbox"].backward()
     # plain score-weighted GIoU written from the paper, on a copy of the deltas
     d_ref = deltas.detach().clone().requires_grad_(True)
@@ -164,7 +170,8 @@ def test_all_proposals_used_and_weights_follow_rois_to_mask_head(monkeypatch):
         for box, w in zip(inst.proposal_boxes.tensor, inst.rs_score_weight):
             rows = (boxes_img == box).all(1).nonzero().squeeze(1) + offset
             assert torch.isclose(weights[rows], w).any()
-    assert torch.allclose(captured["ref"], (losses["loss_roi_rank"] + losses["loss_roi_sort"]).detach())
+    cls = (losses["loss_roi_rank"] + losses["loss_roi_sort"]).detach()
+    assert torch.allclose(captured["ref"], cls)
     assert torch.allclose(losses["loss_mask"], captured["ref"])
 
 

@@ -16,7 +16,8 @@ STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
 
 
 def _rpn(head_weight=0.2):
-    cfg = rs_cfg("rs_faster_rcnn_R_18_FPN_quick.yaml", ["MODEL.RS_RPN.HEAD_WEIGHT", str(head_weight)])
+    cfg = rs_cfg("rs_faster_rcnn_R_18_FPN_quick.yaml",
+                 ["MODEL.RS_RPN.HEAD_WEIGHT", str(head_weight)])
     shapes = {k: ShapeSpec(channels=8, stride=s) for k, s in STRIDES.items()}
     torch.manual_seed(0)
     return RSRPN(cfg, shapes)
@@ -102,7 +103,8 @@ def test_losses_balanced_and_scaled_by_head_weight():
             lam = storage.latest()["rpn/lambda_bbox"][0]
         assert set(losses) == {"loss_rpn_rank", "loss_rpn_sort", "loss_rpn_bbox"}
         # value of the balanced box loss = L_rank + L_sort (both × head_weight)
-        assert torch.allclose(losses["loss_rpn_bbox"], losses["loss_rpn_rank"] + losses["loss_rpn_sort"])
+        cls = losses["loss_rpn_rank"] + losses["loss_rpn_sort"]
+        assert torch.allclose(losses["loss_rpn_bbox"], cls)
         sum(losses.values()).backward()
         grads[hw] = (torch.cat([x.grad for x in logits], 1), torch.cat([x.grad for x in deltas], 1))
         values[hw] = {k: v.item() for k, v in losses.items()}

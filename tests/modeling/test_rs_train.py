@@ -23,8 +23,8 @@ CASES = {
     "rs_faster_rcnn_R_18_FPN_quick.yaml": {"loss_roi_rank", "loss_roi_sort", "loss_roi_bbox"},
     "rs_mask_rcnn_R_18_FPN_quick.yaml": {"loss_roi_rank", "loss_roi_sort", "loss_roi_bbox",
                                          "loss_mask"},
-    "rs_cascade_rcnn_R_18_FPN_quick.yaml": {f"loss_roi_{n}_stage{k}" for n in ("rank", "sort", "bbox")
-                                            for k in range(3)},
+    "rs_cascade_rcnn_R_18_FPN_quick.yaml": {
+        f"loss_roi_{n}_stage{k}" for n in ("rank", "sort", "bbox") for k in range(3)},
 }
 RPN_LOSSES = {"loss_rpn_rank", "loss_rpn_sort", "loss_rpn_bbox"}
 
@@ -51,7 +51,8 @@ def test_trains_on_fixed_batch(config):
             rank, sort = h[f"loss_roi_rank{suffix}"], h[f"loss_roi_sort{suffix}"]
             assert h[f"loss_roi_bbox{suffix}"] == pytest.approx(rank + sort, rel=1e-5, abs=1e-7)
         if "loss_mask" in h:
-            assert h["loss_mask"] == pytest.approx(h["loss_roi_rank"] + h["loss_roi_sort"], rel=1e-5)
+            cls = h["loss_roi_rank"] + h["loss_roi_sort"]
+            assert h["loss_mask"] == pytest.approx(cls, rel=1e-5)
 
 
 @pytest.mark.parametrize("config", sorted(CASES))

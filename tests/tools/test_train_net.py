@@ -20,7 +20,7 @@ MASK_AP_FLOOR = 3.0
 
 
 def _copypaste_results(log):
-    """Parse Detectron2's 'copypaste:' lines into {task: {metric: value}}."""
+    """Parse Detectron2's 'copypaste:' lines (Task / header / values) into {task: {metric: value}}."""
     res, task, keys = {}, None, None
     for line in log.splitlines():
         m = re.search(r"copypaste: (.*)$", line)
@@ -28,15 +28,11 @@ def _copypaste_results(log):
             continue
         text = m.group(1).strip()
         if text.startswith("Task: "):
-            task = text[len("Task: "):]
-        elif keys is None or task not in res:
-            if re.match(r"^[A-Za-z]", text):
-                keys = text.split(",")
-                res[task] = None
-            else:
-                res[task] = dict(zip(keys, map(float, text.split(","))))
+            task, keys = text[len("Task: "):], None
+        elif keys is None:
+            keys = text.split(",")
         else:
-            pass
+            res[task] = dict(zip(keys, map(float, text.split(","))))
     return res
 
 

@@ -1,8 +1,8 @@
 """Detectron2 ``Matcher`` with mmdet ``MaxIoUAssigner``'s low-quality-match rule.
 
 The official RS models (mmdet 2.8) assign anchors / RoIs with ``MaxIoUAssigner``
-(``shared/spec/models.md`` §1): positive if max IoU ≥ ``pos_iou_thr``, negative if < ``neg_iou_thr``,
-ignored in between, and, with ``match_low_quality=True``, every prediction whose IoU with a GT
+(``shared/spec/models.md`` §1): positive if max IoU ≥ ``pos_iou_thr``, negative if
+< ``neg_iou_thr``, ignored in between, and, with ``match_low_quality=True``, every prediction whose IoU with a GT
 equals that GT's best IoU becomes positive **for that GT** — but only if that best IoU is
 ≥ ``min_pos_iou`` (0.3 for the RPN). Detectron2's ``Matcher(allow_low_quality_matches=True)``
 has no ``min_pos_iou`` (a GT whose best anchor has IoU 0.05 still gets it) and keeps the

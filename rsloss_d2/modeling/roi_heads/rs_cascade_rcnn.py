@@ -24,7 +24,7 @@ this has no effect on the refined boxes and is not reproduced. Loss names:
 ``loss_roi_{rank,sort,bbox}_stage{k}``. With ``MASK_ON`` the mask head trains on the stage-0 RoIs
 with the stage-0 weights (not part of the paper's RS-Cascade, which is box-only).
 """
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 import torch
 from detectron2.config import configurable

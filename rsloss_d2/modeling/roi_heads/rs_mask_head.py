@@ -4,8 +4,8 @@ Official counterpart: ``RankBasedFCNMaskHead`` (``shared/spec/models.md`` §5,
 ``ranking_losses.md`` §2.5–2.6). Same layers as Detectron2's ``MaskRCNNConvUpsampleHead``
 (convs + deconv + class-specific 1×1 predictor); only the loss differs:
 
-    ℓ_k    = 1 − 2 Σ p·m / (Σ p² + Σ m² + 1e-5)        (p = sigmoid of the GT-class mask, m binary)
-    L_mask = Σ_k w_k ℓ_k / Σ_k w_k                      (w_k = box head's max-sigmoid score of RoI k)
+    ℓ_k    = 1 − 2 Σ p·m / (Σ p² + Σ m² + 1e-5)    (p: sigmoid of the GT-class mask, m: binary)
+    L_mask = Σ_k w_k ℓ_k / Σ_k w_k                  (w_k: box head's max-sigmoid score of RoI k)
     loss_mask = λ_mask · L_mask,  λ_mask = (L_roi_rank + L_roi_sort).detach() / L_mask
 
 The RS ROI heads put ``w_k`` on each RoI (field ``rs_score_weight``) and pass
