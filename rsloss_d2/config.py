@@ -12,14 +12,6 @@ def add_rsloss_config(cfg):
     """Add the rsloss_d2 keys (with their defaults) to `cfg`, in place."""
     _C = cfg
 
-    # ---------------------------------------------------------------- data
-    _C.DATASETS.SYNTHETIC = CN()
-    # Number of generated images per split when the shapes datasets are created on first use.
-    _C.DATASETS.SYNTHETIC.NUM_TRAIN = 300
-    _C.DATASETS.SYNTHETIC.NUM_VAL = 60
-    # Side length (pixels) of the generated square images.
-    _C.DATASETS.SYNTHETIC.IMAGE_SIZE = 256
-
     # ---------------------------------------------------------------- evaluation
     _C.TEST.OLRP = CN()
     # Add Optimal LRP (oLRP and its loc / FP / FN components) beside AP in COCO / LVIS evaluation.
@@ -33,9 +25,6 @@ def add_rsloss_config(cfg):
     _C.MODEL.RANK_LOSS = CN()
     # Smoothing width delta of the step function H used by RS Loss (paper default 0.5).
     _C.MODEL.RANK_LOSS.RS_DELTA = 0.5
-    # Smoothing width delta of aLRP Loss and AP Loss (paper default 1.0).
-    _C.MODEL.RANK_LOSS.ALRP_DELTA = 1.0
-    _C.MODEL.RANK_LOSS.AP_DELTA = 1.0
 
     # @@ RS R-CNN heads keys (RPN / ROI / mask / cascade) go below this line @@
     _C.MODEL.RS_RPN = CN()
