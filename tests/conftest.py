@@ -2,6 +2,7 @@
 through tools/train_net.py, reused by the end-to-end tests (train, eval-only, demo, plots, oLRP)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -27,6 +28,23 @@ def run_train_net(args, datasets_root, timeout=1800, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"train_net failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
     return proc
+
+
+def parse_copypaste(log):
+    """Detectron2's 'copypaste:' lines (Task / header / values) -> {task: {metric: value}}."""
+    res, task, keys = {}, None, None
+    for line in log.splitlines():
+        m = re.search(r"copypaste: (.*)$", line)
+        if not m:
+            continue
+        text = m.group(1).strip()
+        if text.startswith("Task: "):
+            task, keys = text[len("Task: "):], None
+        elif keys is None:
+            keys = text.split(",")
+        else:
+            res[task] = dict(zip(keys, map(float, text.split(","))))
+    return res
 
 
 def read_metrics(output_dir):

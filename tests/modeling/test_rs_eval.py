@@ -3,13 +3,13 @@
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 
 import pytest
 
 from _rs_helpers import REPO
+from conftest import parse_copypaste
 
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
 CONFIG = os.path.join(REPO, "configs", "shapes", "rs_mask_rcnn_R_18_FPN_quick.yaml")
@@ -53,24 +53,7 @@ def test_eval_only_gives_box_and_mask_ap(small_shapes, tmp_path):
         dets = json.load(f)
     assert dets and all(0 <= d["score"] <= 1 for d in dets)
     assert all("segmentation" in d for d in dets)
-    res = _copypaste(log)
+    res = parse_copypaste(log)
     for task in ("bbox", "segm"):
         for key in ("AP", "AP50", "AP75"):
             assert math.isfinite(res[task][key]) and 0 <= res[task][key] <= 100, (task, res)
-
-
-def _copypaste(log):
-    """Detectron2's 'copypaste:' lines → {task: {metric: value}}."""
-    res, task, keys = {}, None, None
-    for line in log.splitlines():
-        m = re.search(r"copypaste: (.*)$", line)
-        if not m:
-            continue
-        text = m.group(1).strip()
-        if text.startswith("Task: "):
-            task, keys = text[len("Task: "):], None
-        elif keys is None:
-            keys = text.split(",")
-        else:
-            res[task] = dict(zip(keys, map(float, text.split(","))))
-    return res

@@ -2,7 +2,6 @@
 CPU, and clear errors for unknown config keys and missing datasets."""
 import argparse
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -10,30 +9,20 @@ import time
 
 import pytest
 
-from conftest import E2E_OVERRIDES, QUICK_CONFIG, REPO, TRAIN_NET, read_metrics, run_train_net
+from conftest import (
+    QUICK_CONFIG,
+    REPO,
+    TRAIN_NET,
+    parse_copypaste,
+    read_metrics,
+    run_train_net,
+)
 
-# Measured on the 80-image set with the 150-iteration schedule of E2E_OVERRIDES (2 CPU cores):
+# Measured on the 80-image set with the 150-iteration schedule of conftest.E2E_OVERRIDES (2 CPU cores):
 # box AP 13.6 / mask AP 12.9 (see the closing note); the floors leave a wide margin for
 # run-to-run differences but are far above what an untrained or broken model gets (~0).
 BOX_AP_FLOOR = 3.0
 MASK_AP_FLOOR = 3.0
-
-
-def _copypaste_results(log):
-    """Parse Detectron2's 'copypaste:' lines (Task / header / values) into {task: {metric: value}}."""
-    res, task, keys = {}, None, None
-    for line in log.splitlines():
-        m = re.search(r"copypaste: (.*)$", line)
-        if not m:
-            continue
-        text = m.group(1).strip()
-        if text.startswith("Task: "):
-            task, keys = text[len("Task: "):], None
-        elif keys is None:
-            keys = text.split(",")
-        else:
-            res[task] = dict(zip(keys, map(float, text.split(","))))
-    return res
 
 
 def test_quick_training_reaches_real_ap(quick_run):
@@ -59,7 +48,7 @@ def test_eval_only_reproduces_training_metrics(quick_run, tmp_path):
     weights = os.path.join(quick_run["output_dir"], "model_final.pth")
     proc = run_train_net(["--config-file", QUICK_CONFIG, "--eval-only", "MODEL.WEIGHTS", weights,
                           "OUTPUT_DIR", str(tmp_path)], quick_run["datasets_root"])
-    res = _copypaste_results(proc.stdout)
+    res = parse_copypaste(proc.stdout)
     final = quick_run["final"]
     for task in ("bbox", "segm"):
         for k in ("AP", "AP50", "AP75"):
