@@ -26,7 +26,7 @@ def add_rsloss_config(cfg):
     # Smoothing width delta of the step function H used by RS Loss (paper default 0.5).
     _C.MODEL.RANK_LOSS.RS_DELTA = 0.5
 
-    # @@ RS R-CNN heads keys (RPN / ROI / mask / cascade) go below this line @@
+    # ---------------------------------------------------------------- RS R-CNN heads
     _C.MODEL.RS_RPN = CN()
     # Multiplier of all three RSRPN losses (rank, sort, bbox); official head_weight 0.2.
     _C.MODEL.RS_RPN.HEAD_WEIGHT = 0.2
@@ -40,7 +40,7 @@ def add_rsloss_config(cfg):
     # Loss weight of each RSCascadeROIHeads stage (official RS-Cascade: [1, 1, 1]).
     _C.MODEL.RS_ROI_HEADS.CASCADE_STAGE_LOSS_WEIGHTS = [1.0, 1.0, 1.0]
 
-    # @@ backbone / neck keys (CARAFE, deformable conv) go below this line @@
+    # ---------------------------------------------------------------- CARAFE FPN
     # (Deformable ResNet stages reuse Detectron2's MODEL.RESNETS.DEFORM_ON_PER_STAGE /
     # DEFORM_MODULATED / DEFORM_NUM_GROUPS, read by build_resnet_dcn_backbone.)
     _C.MODEL.FPN_CARAFE = CN()
