@@ -11,7 +11,7 @@ scheduler step) on the same pre-loaded batches of config A's training set (data 
 timed). The steps of the two models are interleaved (A, B, then B, A, ...) so that load changes
 on a shared machine hit both alike. Prints the median / mean / p10 / p90 step time of each and
 the ratio B / A of the medians in one table. Extra ``KEY VALUE`` pairs after ``--opts`` apply to
-both configs. ``--weights-a/-b`` load checkpoints (e.g. the trained models, whose RoI heads see
+both configs (``--opts-b`` to config B only). ``--weights-a/-b`` load checkpoints (e.g. the trained models, whose RoI heads see
 more positives than at initialisation, so the step times are those of a trained model).
 """
 import argparse
@@ -105,14 +105,16 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--opts-b", nargs="*", default=[],
+                        help="KEY VALUE pairs applied to config B only")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
-                        help="KEY VALUE pairs applied to both configs")
+                        help="KEY VALUE pairs applied to both configs (last option)")
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
     cfg_a = setup(args.config_a, args.opts, args.device)
-    cfg_b = setup(args.config_b, args.opts, args.device)
+    cfg_b = setup(args.config_b, list(args.opts) + list(args.opts_b), args.device)
     check_dataset_files(list(cfg_a.DATASETS.TRAIN))
     total_steps = args.warmup + args.iters
     num_batches = args.num_batches if args.num_batches > 0 else total_steps
@@ -147,6 +149,8 @@ def main(argv=None):
     ):
         print(f"| {name:<6} | {os.path.relpath(cfg_file):<48} | {med:8.3f} | {mean:7.3f} | "
               f"{p10:6.3f} | {p90:6.3f} |")
+    if args.opts or args.opts_b:
+        print(f"overrides: both {list(args.opts)}, B only {list(args.opts_b)}")
     print(f"ratio B / A of the median step times: {med_b / med_a:.3f}")
     return med_b / med_a
 
