@@ -2,6 +2,7 @@
 also with images without GT; every RS shapes / shapes_lt yaml loads and builds; inference uses
 sigmoid scores and the test threshold."""
 import glob
+import json
 import os
 
 import pytest
@@ -104,3 +105,41 @@ def test_config_loads_and_builds(path):
         assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 36
         assert cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
         assert cfg.DATASETS.TRAIN == ("shapes_lt_train",)
+
+
+
+@pytest.fixture(scope="module")
+def shapes_lt_train(tmp_path_factory):
+    """The generated shapes_lt train set at its default size (600 images): (dataset dicts,
+    {contiguous class id: LVIS frequency})."""
+    from detectron2.data.datasets.lvis import load_lvis_json
+
+    from rsloss_d2.data.synthetic import generate_all
+
+    root = str(tmp_path_factory.mktemp("shapes_lt"))
+    paths = generate_all(root, num_lt_train=600, num_lt_val=4, seed=0, progress=False,
+                         which=("shapes_lt",))
+    with open(paths["shapes_lt_train"]) as f:
+        freq = {c["id"] - 1: c["frequency"] for c in json.load(f)["categories"]}
+    return load_lvis_json(paths["shapes_lt_train"], root, None), freq
+
+
+@pytest.mark.parametrize("name", ["mask_rcnn_R_18_FPN_rfs.yaml", "rs_mask_rcnn_R_18_FPN_rfs.yaml"])
+def test_shapes_lt_repeat_factor_sampling_oversamples_rare_classes(name, shapes_lt_train):
+    """The shapes_lt threshold makes RFS act on the generated set: images of rare classes are
+    repeated (r > 1), images with only frequent classes are not."""
+    from detectron2.data.samplers import RepeatFactorTrainingSampler
+
+    dicts, freq = shapes_lt_train
+    cfg = get_cfg()
+    add_rsloss_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, "configs", "shapes_lt", name))
+    factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+        dicts, cfg.DATALOADER.REPEAT_THRESHOLD)
+    classes = [{a["category_id"] for a in d["annotations"]} for d in dicts]
+    rare = torch.tensor([any(freq[c] == "r" for c in cs) for cs in classes])
+    only_frequent = torch.tensor([bool(cs) and all(freq[c] == "f" for c in cs) for cs in classes])
+    assert rare.any() and only_frequent.any()
+    assert (factors[rare] > 1).all()
+    assert (factors[only_frequent] == 1).all()
+    assert factors.max() > 2
