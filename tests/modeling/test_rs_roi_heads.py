@@ -79,8 +79,9 @@ def test_rs_targets_hand_made_case(monkeypatch):
 def test_box_loss_value_and_gradient_scale():
     pred = _predictor()
     proposals, scores, deltas = _hand_case()
-    with EventStorage(0):
+    with EventStorage(0) as storage:
         losses, out = pred.rs_losses((scores, deltas), proposals)
+        logged = {k: v[0] for k, v in storage.latest().items()}
     cls = losses["loss_roi_rank"] + losses["loss_roi_sort"]
     assert torch.allclose(losses["loss_roi_bbox"], cls)
     losses["loss_roi_bbox"].backward()
@@ -97,6 +98,11 @@ def test_box_loss_value_and_gradient_scale():
     assert torch.allclose(deltas.grad, lam * d_ref.grad, atol=1e-7)
     assert scores.grad is None  # the box loss does not reach the classifier
     assert abs(lam.item() - 1) > 0.05
+    # what goes to EventStorage (read back in one host copy)
+    assert logged["fast_rcnn/lambda_bbox"] == pytest.approx(lam.item(), rel=1e-5)
+    assert logged["fast_rcnn/giou_loss"] == pytest.approx(plain.item(), rel=1e-5)
+    assert logged["fast_rcnn/num_pos_rois"] == pytest.approx(2 / len(proposals))
+    assert logged["fast_rcnn/mean_pos_iou"] == pytest.approx(out.ious.mean().item())
 
 
 def test_mask_loss_value_and_gradient_scale():
@@ -113,8 +119,9 @@ def test_mask_loss_value_and_gradient_scale():
     inst.rs_score_weight = torch.tensor([0.9, 0.3])
     logits = torch.randn(2, C, 14, 14, requires_grad=True)
     ref = torch.tensor(0.8)
-    with EventStorage(0):
+    with EventStorage(0) as storage:
         loss = head.rs_mask_loss(logits, [inst], ref)
+        logged = {k: v[0] for k, v in storage.latest().items()}
     assert loss.item() == pytest.approx(0.8)  # λ_mask · L_mask = L_roi_rank + L_roi_sort
     loss.backward()
     ref_logits = logits.detach().clone().requires_grad_(True)
@@ -124,6 +131,9 @@ def test_mask_loss_value_and_gradient_scale():
     plain.backward()
     assert torch.allclose(logits.grad, (0.8 / plain.detach()) * ref_logits.grad, atol=1e-7)
     assert logits.grad[:, 1].abs().sum() == 0  # only the GT-class mask is trained
+    assert logged["mask_rcnn/num_masks"] == 2
+    assert logged["mask_rcnn/dice_loss"] == pytest.approx(plain.item(), rel=1e-5)
+    assert logged["mask_rcnn/lambda_mask"] == pytest.approx(0.8 / plain.item(), rel=1e-5)
 
 
 def _roi_inputs(model, batch):

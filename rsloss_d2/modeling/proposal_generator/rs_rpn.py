@@ -26,9 +26,9 @@ from detectron2.layers import cat
 from detectron2.modeling.proposal_generator.build import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.modeling.proposal_generator.rpn import RPN
 from detectron2.structures import Boxes
-from detectron2.utils.events import get_event_storage
 
 from ..box_losses import rs_detection_losses
+from ..events import put_scalars
 from .max_iou_matcher import MaxIoUMatcher
 
 __all__ = ["RSRPN"]
@@ -117,13 +117,15 @@ class RSRPN(RPN):
             logits.reshape(-1, 1), cls_labels, pos_pred, pos_gt, delta=self.rs_delta
         )
 
-        storage = get_event_storage()
-        storage.put_scalar("rpn/num_pos_anchors", out.num_pos / num_images)
-        storage.put_scalar("rpn/num_neg_anchors", (labels == 0).sum().item() / num_images)
-        storage.put_scalar("rpn/lambda_bbox", out.box_lambda.item())
-        storage.put_scalar("rpn/giou_loss", out.loss_box_unbalanced.item())
+        stats = {
+            "num_pos_anchors": out.num_pos / num_images,
+            "num_neg_anchors": (labels == 0).sum() / num_images,
+            "lambda_bbox": out.box_lambda,
+            "giou_loss": out.loss_box_unbalanced,
+        }
         if out.num_pos > 0:
-            storage.put_scalar("rpn/mean_pos_iou", out.ious.mean().item())
+            stats["mean_pos_iou"] = out.ious.mean()
+        put_scalars("rpn/", stats)
 
         hw = self.head_weight
         return {

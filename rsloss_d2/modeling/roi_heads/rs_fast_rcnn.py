@@ -23,10 +23,10 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Instances
-from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ..box_losses import RSDetectionLosses, foreground_indices, rs_detection_losses
+from ..events import put_scalars
 
 __all__ = ["RSFastRCNNOutputLayers"]
 
@@ -118,16 +118,17 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
     @staticmethod
     def _log(scores, gt_classes, pos, out: RSDetectionLosses, num_images: int):
         """Number of positives, λ, unbalanced GIoU loss, mean IoU target, fg accuracy."""
-        storage = get_event_storage()
-        storage.put_scalar("fast_rcnn/num_pos_rois", out.num_pos / num_images)
-        storage.put_scalar("fast_rcnn/num_rois", gt_classes.numel() / num_images)
-        storage.put_scalar("fast_rcnn/lambda_bbox", out.box_lambda.item())
-        storage.put_scalar("fast_rcnn/giou_loss", out.loss_box_unbalanced.item())
+        stats = {
+            "num_pos_rois": out.num_pos / num_images,
+            "num_rois": gt_classes.numel() / num_images,
+            "lambda_bbox": out.box_lambda,
+            "giou_loss": out.loss_box_unbalanced,
+        }
         if out.num_pos > 0:
-            storage.put_scalar("fast_rcnn/mean_pos_iou", out.ious.mean().item())
             pred = scores.detach()[pos].argmax(dim=1)
-            acc = (pred == gt_classes[pos]).float().mean()
-            storage.put_scalar("fast_rcnn/fg_cls_accuracy", acc.item())
+            stats["mean_pos_iou"] = out.ious.mean()
+            stats["fg_cls_accuracy"] = (pred == gt_classes[pos]).float().mean()
+        put_scalars("fast_rcnn/", stats)
 
     def predict_probs(
         self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]

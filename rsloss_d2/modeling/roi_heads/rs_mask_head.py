@@ -23,9 +23,10 @@ from detectron2.modeling.roi_heads.mask_head import (
     mask_rcnn_inference,
 )
 from detectron2.structures import Instances
-from detectron2.utils.events import get_event_storage
 
 from rsloss_d2.losses import score_weighted_mean, value_balanced
+
+from ..events import put_scalars
 
 __all__ = ["RSMaskRCNNConvUpsampleHead", "dice_loss"]
 
@@ -117,12 +118,15 @@ class RSMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
             weights = torch.ones_like(losses)
         loss = score_weighted_mean(losses, weights, eps=1e-10)
 
-        storage = get_event_storage()
-        storage.put_scalar("mask_rcnn/num_masks", float(num_masks))
-        storage.put_scalar("mask_rcnn/dice_loss", loss.item())
+        stats = {"num_masks": num_masks, "dice_loss": loss}
         if cls_loss_value is None:
+            put_scalars("mask_rcnn/", stats)
             return loss
         balanced = value_balanced(loss, cls_loss_value)
-        lam = balanced.detach() / loss.detach() if loss.item() != 0 else loss.detach() * 0
-        storage.put_scalar("mask_rcnn/lambda_mask", lam.item())
+        value = loss.detach()
+        nonzero = value != 0  # value_balanced gives 0 (λ = 0) for a zero loss
+        stats["lambda_mask"] = torch.where(
+            nonzero, balanced.detach() / torch.where(nonzero, value, torch.ones_like(value)),
+            torch.zeros_like(value))
+        put_scalars("mask_rcnn/", stats)
         return balanced
