@@ -11,8 +11,9 @@ scheduler step) on the same pre-loaded batches of config A's training set (data 
 timed). The steps of the two models are interleaved (A, B, then B, A, ...) so that load changes
 on a shared machine hit both alike. Prints the median / mean / p10 / p90 step time of each and
 the ratio B / A of the medians in one table. Extra ``KEY VALUE`` pairs after ``--opts`` apply to
-both configs (``--opts-b`` to config B only). ``--weights-a/-b`` load checkpoints (e.g. the trained models, whose RoI heads see
-more positives than at initialisation, so the step times are those of a trained model).
+both configs (``--opts-b`` to config B only). ``--weights-a/-b`` load checkpoints (e.g. the
+trained models, whose RoI heads see more positives than at initialisation, so the step times are
+those of a trained model).
 """
 import argparse
 import copy
