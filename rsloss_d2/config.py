@@ -34,6 +34,8 @@ def add_rsloss_config(cfg):
     _C.MODEL.RS_RPN.MIN_POS_IOU = 0.3
     _C.MODEL.RS_ROI_HEADS = CN()
     # RS ROI heads match_low_quality (official: False for Faster / Cascade, True for Mask R-CNN).
+    # With MODEL.ROI_HEADS.PROPOSAL_APPEND_GT (default, as official) it changes nothing: each
+    # GT's best match is its own appended box (IoU 1), already positive.
     _C.MODEL.RS_ROI_HEADS.ALLOW_LOW_QUALITY_MATCHES = False
     # Max positive RoIs per process batch for the mask head, drawn at random (official 200).
     _C.MODEL.RS_ROI_HEADS.MASK_MAX_POSITIVES = 200
