@@ -8,13 +8,19 @@ per-positive loop (see ``_step_sums.py`` for the algorithm):
 * :func:`ap_loss` — AP Loss (``ap.py``),
 
 and the glue the detection heads need (``utils.py``): :func:`vectorize_labels`,
-:func:`positive_score_weights`, :func:`score_weighted_mean`, :func:`value_balanced`.
+:func:`positive_score_weights`, :func:`score_weighted_mean`, :func:`value_balanced` (λ: :func:`balancing_lambda`).
 ``reference.py`` holds the slow per-positive loops used by the tests and the benchmark.
 """
 from .alrp import ALRPSelfBalance, alrp_loss
 from .ap import ap_loss
 from .rank_sort import rank_sort_loss
-from .utils import positive_score_weights, score_weighted_mean, value_balanced, vectorize_labels
+from .utils import (
+    balancing_lambda,
+    positive_score_weights,
+    score_weighted_mean,
+    value_balanced,
+    vectorize_labels,
+)
 
 __all__ = [
     "rank_sort_loss",
@@ -25,4 +31,5 @@ __all__ = [
     "positive_score_weights",
     "score_weighted_mean",
     "value_balanced",
+    "balancing_lambda",
 ]

@@ -120,9 +120,20 @@ def value_balanced(loss: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         loss: scalar task loss (e.g. the score-weighted GIoU loss).
         reference: scalar, usually ``loss_rank + loss_sort`` (only its value is used).
     """
+    return loss * balancing_lambda(loss, reference)
+
+
+def balancing_lambda(loss: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The detached λ of :func:`value_balanced`: ``reference / loss``, 0 where ``loss`` is 0.
+
+    Args:
+        loss, reference: scalars (only their values are used).
+
+    Returns:
+        0-dim tensor in the dtype of ``loss``.
+    """
     value = loss.detach()
     ref = reference.detach().to(value.dtype)
     nonzero = value != 0
-    lam = torch.where(nonzero, ref / torch.where(nonzero, value, torch.ones_like(value)),
-                      torch.zeros_like(value))
-    return loss * lam
+    return torch.where(nonzero, ref / torch.where(nonzero, value, torch.ones_like(value)),
+                       torch.zeros_like(value))

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 
 from rsloss_d2.losses import (
+    balancing_lambda,
     positive_score_weights,
     rank_sort_loss,
     score_weighted_mean,
-    value_balanced,
     vectorize_labels,
 )
 
@@ -172,15 +172,8 @@ def rs_detection_losses(
     weights = positive_score_weights(logits[pos_inds])
     box_losses = giou_loss(pos_pred_boxes, pos_gt_boxes)
     loss_box = score_weighted_mean(box_losses, weights, eps=_SCORE_WEIGHT_EPS)
-    balanced = value_balanced(loss_box, loss_rank + loss_sort)
-    box_value = loss_box.detach()
-    nonzero = box_value != 0
-    lam = torch.where(  # the λ value_balanced used (0 if L_box == 0), for logging
-        nonzero,
-        (loss_rank + loss_sort).detach().to(box_value.dtype)
-        / torch.where(nonzero, box_value, torch.ones_like(box_value)),
-        torch.zeros_like(box_value),
-    )
+    lam = balancing_lambda(loss_box, loss_rank + loss_sort)  # detached; 0 if L_box == 0
+    balanced = loss_box * lam  # = value_balanced(loss_box, L_rank + L_sort), λ kept for logging
     return RSDetectionLosses(
         loss_rank=loss_rank,
         loss_sort=loss_sort,

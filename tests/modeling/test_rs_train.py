@@ -107,7 +107,6 @@ def test_config_loads_and_builds(path):
         assert cfg.DATASETS.TRAIN == ("shapes_lt_train",)
 
 
-
 @pytest.fixture(scope="module")
 def shapes_lt_train(tmp_path_factory):
     """The generated shapes_lt train set at its default size (600 images): (dataset dicts,

@@ -18,7 +18,8 @@ from conftest import (
     run_train_net,
 )
 
-# Measured on the 80-image set with the 150-iteration schedule of conftest.E2E_OVERRIDES (2 CPU cores):
+# Measured on the 80-image set with the 150-iteration schedule of conftest.E2E_OVERRIDES
+# (2 CPU cores):
 # box AP 13.6 / mask AP 12.9 (see the closing note); the floors leave a wide margin for
 # run-to-run differences but are far above what an untrained or broken model gets (~0).
 BOX_AP_FLOOR = 3.0

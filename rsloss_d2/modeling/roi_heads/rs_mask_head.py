@@ -24,7 +24,7 @@ from detectron2.modeling.roi_heads.mask_head import (
 )
 from detectron2.structures import Instances
 
-from rsloss_d2.losses import score_weighted_mean, value_balanced
+from rsloss_d2.losses import balancing_lambda, score_weighted_mean
 
 from ..events import put_scalars
 
@@ -122,11 +122,8 @@ class RSMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
         if cls_loss_value is None:
             put_scalars("mask_rcnn/", stats)
             return loss
-        balanced = value_balanced(loss, cls_loss_value)
-        value = loss.detach()
-        nonzero = value != 0  # value_balanced gives 0 (λ = 0) for a zero loss
-        stats["lambda_mask"] = torch.where(
-            nonzero, balanced.detach() / torch.where(nonzero, value, torch.ones_like(value)),
-            torch.zeros_like(value))
+        lam = balancing_lambda(loss, cls_loss_value)  # detached; 0 if L_mask == 0
+        stats["lambda_mask"] = lam
+        balanced = loss * lam  # = value_balanced(loss, cls_loss_value)
         put_scalars("mask_rcnn/", stats)
         return balanced
