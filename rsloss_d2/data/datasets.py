@@ -15,7 +15,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.data.datasets.lvis import load_lvis_json
 
-from .synthetic import SHAPES_CATEGORIES, SHAPES_LT_CATEGORIES, generate_all
+# one direction: the registry uses the generator; the generator knows nothing of the registry
+from .synthetic import (
+    DEFAULT_SIZES,
+    SHAPES_CATEGORIES,
+    SHAPES_LT_CATEGORIES,
+    datasets_root,
+    generate_all,
+)
 
 __all__ = [
     "DEFAULT_SIZES",
@@ -28,10 +35,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Sizes used when the datasets are generated on first use (the CLI can override them).
-DEFAULT_SIZES = {"num_train": 600, "num_val": 100, "num_lt_train": 600, "num_lt_val": 100,
-                 "image_size": 256}
-
 # name -> (family, split, json path relative to the root, image dir relative to the root)
 SYNTHETIC_DATASETS = {
     "shapes_train": ("shapes", "train", "shapes/annotations/instances_train.json", "shapes/train"),
@@ -43,11 +46,6 @@ SYNTHETIC_DATASETS = {
 
 class DatasetFileError(FileNotFoundError):
     """A dataset's annotation file or image folder is missing or unreadable."""
-
-
-def datasets_root():
-    """``$DETECTRON2_DATASETS``, default ``datasets`` (relative to the working directory)."""
-    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
 def _ensure_generated(root, family):

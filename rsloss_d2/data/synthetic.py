@@ -389,6 +389,16 @@ def generate_shapes_lt(root, split, num_images, image_size=256, seed=0, progress
     return path
 
 
+# Sizes used when the datasets are generated on first use (the CLI can override them).
+DEFAULT_SIZES = {"num_train": 600, "num_val": 100, "num_lt_train": 600, "num_lt_val": 100,
+                 "image_size": 256}
+
+
+def datasets_root():
+    """``$DETECTRON2_DATASETS``, default ``datasets`` (relative to the working directory)."""
+    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
 def generate_all(root, num_train=600, num_val=100, num_lt_train=600, num_lt_val=100,
                  image_size=256, seed=0, progress=True, which=("shapes", "shapes_lt")):
     """Generate the requested synthetic datasets under `root`. Returns {name: json path}."""
@@ -407,8 +417,6 @@ def generate_all(root, num_train=600, num_val=100, num_lt_train=600, num_lt_val=
 
 
 def main(argv=None):
-    from .datasets import DEFAULT_SIZES, datasets_root
-
     d = DEFAULT_SIZES
     p = argparse.ArgumentParser(description="(Re)generate the synthetic shapes datasets.")
     p.add_argument("--root", default=None, help="output root (default: $DETECTRON2_DATASETS or datasets/)")

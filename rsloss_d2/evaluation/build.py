@@ -3,12 +3,12 @@ Optimal LRP beside AP when `cfg.TEST.OLRP.ENABLED` (Detectron2's plain evaluator
 import os
 
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, LVISEvaluator
+from detectron2.evaluation import LVISEvaluator
 
-from .evaluators import COCOOLRPEvaluator, LVISOLRPEvaluator
+from .evaluators import COCOAPEvaluator, COCOOLRPEvaluator, LVISOLRPEvaluator
 from .lvis_compat import patch_lvis_numpy
 
-__all__ = ["build_evaluator"]
+__all__ = ["build_evaluator", "format_baseline_comparison"]
 
 
 def build_evaluator(cfg, dataset_name, output_folder=None):
@@ -29,7 +29,7 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     if olrp is not None and olrp.ENABLED:
         kwargs = {"tau": olrp.TAU, "save_thresholds": olrp.SAVE_THRESHOLDS}
     if evaluator_type == "coco":
-        cls = COCOOLRPEvaluator if kwargs else COCOEvaluator
+        cls = COCOOLRPEvaluator if kwargs else COCOAPEvaluator
         return cls(dataset_name, output_dir=output_folder, **kwargs)
     if evaluator_type == "lvis":
         patch_lvis_numpy()  # Detectron2's LVISEvaluator runs lvis 0.5.3, which uses np.float
@@ -38,3 +38,28 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     raise NotImplementedError(
         f"no evaluator for dataset '{dataset_name}' of evaluator_type '{evaluator_type}' "
         "(expected 'coco' or 'lvis')")
+
+
+def format_baseline_comparison(cfg, results):
+    """A small table of this run's results beside `cfg.TEST.BASELINE_RESULTS` (a reference
+    model's numbers, e.g. from configs/shapes/README.md), or None if the config names none.
+
+    Args:
+        results: Detectron2's evaluation results, ``{dataset: {task: {metric: value}}}`` (or
+            ``{task: {metric: value}}`` for one dataset).
+    Returns:
+        str, one line per metric of the first test set: ``metric  this run  baseline``.
+    """
+    spec = cfg.TEST.get("BASELINE_RESULTS", "")
+    if not spec or not results:
+        return None
+    first = next(iter(results.values()))
+    if isinstance(first, dict) and all(isinstance(v, dict) for v in first.values()):
+        results = first  # {dataset: {task: ...}} -> {task: ...}
+    lines = [f"{'metric':<12} {'this run':>9} {cfg.TEST.BASELINE_NAME or 'baseline':>20}"]
+    for item in spec.split(","):
+        key, value = (p.strip() for p in item.split("="))
+        task, metric = key.split("/")
+        ours = results.get(task, {}).get(metric, float("nan"))
+        lines.append(f"{key:<12} {ours:>9.1f} {float(value):>20.1f}")
+    return "Comparison with the baseline (same data and schedule):\n" + "\n".join(lines)

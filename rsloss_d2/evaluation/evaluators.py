@@ -26,7 +26,7 @@ from tabulate import tabulate
 
 from .olrp import compute_olrp, compute_olrp_lvis
 
-__all__ = ["COCOOLRPEvaluator", "LVISOLRPEvaluator", "THRESHOLDS_FILE"]
+__all__ = ["COCOAPEvaluator", "COCOOLRPEvaluator", "LVISOLRPEvaluator", "THRESHOLDS_FILE"]
 
 THRESHOLDS_FILE = "lrp_optimal_thresholds.json"
 _SUMMARY_KEYS = ("oLRP", "oLRP_loc", "oLRP_FP", "oLRP_FN", "oLRP_s", "oLRP_m", "oLRP_l")
@@ -88,7 +88,19 @@ class _OLRPMixin:
         self._logger.info(f"Saved the LRP-optimal per-class score thresholds to {path}")
 
 
-class COCOOLRPEvaluator(_OLRPMixin, COCOEvaluator):
+class COCOAPEvaluator(COCOEvaluator):
+    """Detectron2's `COCOEvaluator` that also evaluates a valid COCO json without the optional
+    "info" / "licenses" keys: the pinned pycocotools' `COCO.loadRes` copies
+    ``dataset["info"]`` and fails with ``KeyError: 'info'`` after the whole inference otherwise
+    (many exporters do not write it)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._coco_api.dataset.setdefault("info", {})
+        self._coco_api.dataset.setdefault("licenses", [])
+
+
+class COCOOLRPEvaluator(_OLRPMixin, COCOAPEvaluator):
     """Detectron2's `COCOEvaluator` plus Optimal LRP (official LRP-Error COCO bookkeeping)."""
 
     _unmapped_offset = 0  # without a mapping Detectron2 uses the class index as COCO id

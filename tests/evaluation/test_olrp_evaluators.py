@@ -18,7 +18,7 @@ from detectron2.structures import Boxes, Instances
 
 from rsloss_d2.config import add_rsloss_config
 from rsloss_d2.evaluation import (
-    COCOOLRPEvaluator, LVISOLRPEvaluator, build_evaluator, compute_olrp,
+    COCOAPEvaluator, COCOOLRPEvaluator, LVISOLRPEvaluator, build_evaluator, compute_olrp,
     filter_by_class_thresholds, load_class_thresholds)
 
 from test_olrp_lvis import HAND_DETS, HAND_GT
@@ -30,8 +30,9 @@ def _poly(x, y, w, h):
     return [[x, y, x + w, y, x + w, y + h, x, y + h]]
 
 
-def _coco_json(tmp_path):
-    """COCO ids 3 and 7 (non-contiguous); spec §6 example for class 3, class 7 never detected."""
+def _coco_json(tmp_path, optional_keys=True):
+    """COCO ids 3 and 7 (non-contiguous); spec §6 example for class 3, class 7 never detected.
+    `optional_keys=False` leaves out "info" and "licenses", as many exporters do."""
     anns = [(1, 1, 3, [0, 0, 10, 10]), (2, 1, 3, [40, 40, 10, 10]), (3, 2, 7, [5, 5, 30, 30])]
     gt = {"info": {}, "licenses": [],
           "images": [{"id": i, "width": SIZE, "height": SIZE, "file_name": f"{i}.jpg"}
@@ -40,6 +41,8 @@ def _coco_json(tmp_path):
           "annotations": [{"id": i, "image_id": im, "category_id": c, "bbox": b,
                            "area": float(b[2] * b[3]), "iscrowd": 0, "segmentation": _poly(*b)}
                           for i, im, c, b in anns]}
+    if not optional_keys:
+        del gt["info"], gt["licenses"]
     path = tmp_path / "coco.json"
     path.write_text(json.dumps(gt))
     name = f"olrp_test_coco_{uuid.uuid4().hex[:8]}"
@@ -120,6 +123,25 @@ def test_coco_evaluator_without_any_detection(tmp_path):
     assert math.isnan(box["oLRP_loc"]) and math.isnan(box["oLRP_FP"])
 
 
+@pytest.mark.parametrize("olrp", [True, False])
+def test_coco_json_without_info_and_licenses_evaluates(tmp_path, olrp):
+    """pycocotools' loadRes needs dataset["info"]: a json without it must still evaluate (AP and
+    oLRP, boxes and masks) with the evaluators build_evaluator picks."""
+    name, _ = _coco_json(tmp_path, optional_keys=False)
+    cfg = get_cfg()
+    add_rsloss_config(cfg)
+    cfg.TEST.OLRP.ENABLED = olrp
+    ev = build_evaluator(cfg, name, str(tmp_path / "out"))
+    ev._distributed = False
+    res = _run(ev, _coco_outputs())
+    for task in ("bbox", "segm"):
+        assert res[task]["AP"] == pytest.approx(res[task]["AP"])  # a number, not NaN
+        assert res[task]["AP"] > 0
+        assert ("oLRP" in res[task]) == olrp
+    if olrp:
+        assert res["bbox"]["oLRP"] == pytest.approx(85.0)
+
+
 def _lvis_json(tmp_path):
     gt = copy.deepcopy(HAND_GT)
     for im in gt["images"]:
@@ -171,7 +193,8 @@ def test_build_evaluator(tmp_path):
     ev = build_evaluator(cfg, coco_name, str(tmp_path / "x"))
     assert ev._output_dir == str(tmp_path / "x") and ev._tau == 0.5
     cfg.TEST.OLRP.ENABLED = False
-    assert type(build_evaluator(cfg, coco_name)) is COCOEvaluator
+    assert type(build_evaluator(cfg, coco_name)) is COCOAPEvaluator
+    assert issubclass(COCOAPEvaluator, COCOEvaluator)
     assert type(build_evaluator(cfg, lvis_name)) is LVISEvaluator
     other = f"olrp_test_other_{uuid.uuid4().hex[:8]}"
     MetadataCatalog.get(other).set(evaluator_type="sem_seg")
