@@ -59,3 +59,84 @@ def add_rsloss_config(cfg):
     _C.MODEL.FPN_CARAFE.ENCODER_DILATION = 1
     # CARAFE channel-compressor output channels (official 64).
     _C.MODEL.FPN_CARAFE.COMPRESSED_CHANNELS = 64
+
+    # ---------------------------------------------------------------- SSD augmentation, YOLACT
+    # Training mapper rsloss_d2.data.transforms.SSDDatasetMapper (build_train_mapper(cfg)):
+    # photometric distortion, expand, min-IoU crop, fixed-size resize, INPUT.RANDOM_FLIP.
+    _C.INPUT.SSD_AUGMENTATION = CN()
+    # Use the SSD-style training mapper (needs the loader built by build_train_mapper).
+    _C.INPUT.SSD_AUGMENTATION.ENABLED = False
+    # Photometric distortion: brightness delta (pixel values, official 32; 0 = off).
+    _C.INPUT.SSD_AUGMENTATION.BRIGHTNESS_DELTA = 32.0
+    # Photometric distortion: contrast factor range (official (0.5, 1.5)).
+    _C.INPUT.SSD_AUGMENTATION.CONTRAST_RANGE = (0.5, 1.5)
+    # Photometric distortion: saturation factor range (official (0.5, 1.5)).
+    _C.INPUT.SSD_AUGMENTATION.SATURATION_RANGE = (0.5, 1.5)
+    # Photometric distortion: hue delta in degrees (official 18).
+    _C.INPUT.SSD_AUGMENTATION.HUE_DELTA = 18.0
+    # Expand: probability (official 0.5; 0 = off); canvas filled with MODEL.PIXEL_MEAN.
+    _C.INPUT.SSD_AUGMENTATION.EXPAND_PROB = 0.5
+    # Expand: canvas side / image side, sampled uniformly (official (1, 4)).
+    _C.INPUT.SSD_AUGMENTATION.EXPAND_RATIO_RANGE = (1.0, 4.0)
+    # Min-IoU crop: IoU modes besides "no crop" and "any crop" (official (0.1, 0.3, 0.5, 0.7, 0.9)).
+    _C.INPUT.SSD_AUGMENTATION.CROP_MIN_IOUS = (0.1, 0.3, 0.5, 0.7, 0.9)
+    # Min-IoU crop: min crop side as a fraction of the image side (official 0.3).
+    _C.INPUT.SSD_AUGMENTATION.CROP_MIN_SIZE = 0.3
+    # Min-IoU crop: allowed crop h / w (official (0.5, 2)).
+    _C.INPUT.SSD_AUGMENTATION.CROP_ASPECT_RANGE = (0.5, 2.0)
+    # Min-IoU crop: trials per sampled mode before sampling a new mode (official 50).
+    _C.INPUT.SSD_AUGMENTATION.CROP_MAX_TRIALS = 50
+    # Final resize to (height, width), no keep-ratio (YOLACT (550, 550)).
+    _C.INPUT.SSD_AUGMENTATION.SIZE = (550, 550)
+    # Drop GT boxes with w <= this or h <= this, original pixels (YOLACT 4; 0 = keep all).
+    _C.INPUT.SSD_AUGMENTATION.MIN_GT_SIZE = 0.0
+    # Recompute each GT box as its mask's extent after the transforms (when masks are loaded).
+    _C.INPUT.SSD_AUGMENTATION.RECOMPUTE_BOXES = True
+
+    # YOLACT / RS-YOLACT (meta-arch "YOLACT", rsloss_d2/modeling/meta_arch/yolact.py).
+    _C.MODEL.YOLACT = CN()
+    # Number of foreground classes (no background).
+    _C.MODEL.YOLACT.NUM_CLASSES = 80
+    # FPN levels fed to the prediction head (P3-P7); the first one also feeds the protonet.
+    _C.MODEL.YOLACT.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Images are resized (bilinear, no keep-ratio) to this square side inside the model.
+    _C.MODEL.YOLACT.INPUT_SIZE = 550
+    # Anchor base sizes per level; anchor side = ANCHOR_SCALE * base size (official 3 * [8..128]).
+    _C.MODEL.YOLACT.ANCHOR_BASE_SIZES = [8, 16, 32, 64, 128]
+    # Octave base scale of the anchors (official 3).
+    _C.MODEL.YOLACT.ANCHOR_SCALE = 3.0
+    # Anchor aspect ratios h / w (official [0.5, 1, 2]).
+    _C.MODEL.YOLACT.ASPECT_RATIOS = [0.5, 1.0, 2.0]
+    # Box2BoxTransform weights (= 1 / mmdet stds [0.1, 0.1, 0.2, 0.2]).
+    _C.MODEL.YOLACT.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+    # MaxIoU assigner: negative below IOU_THRESHOLDS[0], positive from IOU_THRESHOLDS[1].
+    _C.MODEL.YOLACT.IOU_THRESHOLDS = [0.4, 0.5]
+    # Number of prototypes / mask coefficients per anchor (official 32).
+    _C.MODEL.YOLACT.NUM_PROTOTYPES = 32
+    # Channels of the shared head conv and of the protonet convs (official 256).
+    _C.MODEL.YOLACT.CONV_DIM = 256
+    # Loss: "softmax_ohem" (YOLACT: softmax CE + OHEM, SmoothL1, mask BCE, semantic head) or
+    # "rank_sort" (RS-YOLACT: RS Loss, score-weighted GIoU and dice, value-based balancing).
+    _C.MODEL.YOLACT.LOSS = "softmax_ohem"
+    # YOLACT: negatives per positive kept by OHEM (official 3).
+    _C.MODEL.YOLACT.NEG_POS_RATIO = 3
+    # YOLACT: SmoothL1 beta / box loss weight / mask BCE weight / semantic loss weight.
+    _C.MODEL.YOLACT.SMOOTH_L1_BETA = 1.0
+    _C.MODEL.YOLACT.BOX_LOSS_WEIGHT = 1.5
+    _C.MODEL.YOLACT.MASK_LOSS_WEIGHT = 6.125
+    _C.MODEL.YOLACT.SEMANTIC_LOSS_WEIGHT = 1.0
+    # YOLACT: semantic segmentation auxiliary head on P3 (training only; RS-YOLACT: False).
+    _C.MODEL.YOLACT.SEMANTIC_HEAD = True
+    # YOLACT: max positives per image whose masks are trained, drawn at random (official 100;
+    # -1 = all, as RS-YOLACT).
+    _C.MODEL.YOLACT.MAX_MASKS_TO_TRAIN = 100
+    # Test: top anchors per level by max class score before NMS (official nms_pre 1000).
+    _C.MODEL.YOLACT.TOPK_CANDIDATES_TEST = 1000
+    # Test: Fast NMS candidates per class (official top_k 200).
+    _C.MODEL.YOLACT.NMS_TOP_K = 200
+    # Test: Fast NMS IoU threshold (keep IoU <= thr) and score threshold (keep score > thr).
+    _C.MODEL.YOLACT.NMS_THRESH_TEST = 0.5
+    _C.MODEL.YOLACT.SCORE_THRESH_TEST = 0.05
+    # Test: detections per image (official 100) and mask binarisation threshold (0.5).
+    _C.MODEL.YOLACT.DETECTIONS_PER_IMAGE = 100
+    _C.MODEL.YOLACT.MASK_THRESH_TEST = 0.5
