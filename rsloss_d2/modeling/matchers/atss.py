@@ -1,0 +1,141 @@
+"""ATSS anchor assignment (Zhang et al., "Bridging the Gap Between Anchor-based and Anchor-free
+Detection via Adaptive Training Sample Selection", CVPR 2020, Alg. 1), exactly as mmdet's
+``ATSSAssigner`` (spec ``models.md`` §3), vectorised over anchors, ground truths and images.
+
+Per ground truth g (Alg. 1):
+  1. on every level l, the candidates C_l(g) are the ``min(topk, A_l)`` anchors whose centres are
+     nearest (Euclidean) to the centre of g;
+  2. t_g = mean + std of the IoUs of C(g) = ∪_l C_l(g) with g (std unbiased, as ``torch.std``; a
+     single candidate gives NaN, so g gets no positive);
+  3. a candidate is positive for g if IoU ≥ t_g and its centre lies inside g by more than 0.01 px
+     on all four sides;
+  4. an anchor positive for several ground truths goes to the one of highest IoU; equal IoUs go to
+     the lowest ground-truth index.
+
+Ties in distance at the k-th place of a level (anchors sharing a centre, e.g. 3 anchors per
+location; or locations symmetric about the centre) are broken towards the lower anchor index, so
+the result is deterministic (the official code leaves it to ``torch.topk``).
+
+No (A, G) IoU matrix is built: only the per-level (A_l, G) centre distances, then IoUs of the
+``Σ_l min(topk, A_l)`` candidates of each ground truth; conflicts are resolved by scatter.
+"""
+from typing import List, Sequence
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from ._overlaps import iou_mmdet
+
+__all__ = ["atss_match", "atss_match_batch"]
+
+
+def _as_tensor(boxes) -> torch.Tensor:
+    # Accept Detectron2 ``Boxes`` as well as plain (A, 4) tensors.
+    return getattr(boxes, "tensor", boxes)
+
+
+def _level_candidates(anchor_ctr: torch.Tensor, gt_ctr: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (N, G, k), ascending, of the k anchors nearest each GT centre; ties -> lower index.
+
+    ``anchor_ctr`` (A_l, 2), ``gt_ctr`` (N, G, 2).
+    """
+    # Same arithmetic as mmdet: sqrt of the summed squared offsets (sqrt can merge distances).
+    dx = anchor_ctr[None, None, :, 0] - gt_ctr[..., 0:1]
+    dy = anchor_ctr[None, None, :, 1] - gt_ctr[..., 1:2]
+    dist = (dx.pow(2) + dy.pow(2)).sqrt()  # (N, G, A_l)
+    kth = dist.topk(k, dim=-1, largest=False).values[..., -1:]
+    below = dist < kth
+    tie = dist == kth
+    room = k - below.sum(-1, keepdim=True)
+    chosen = below | (tie & (tie.cumsum(-1, dtype=torch.int32) <= room))
+    # Exactly k entries are chosen: a top-k of the mask returns all of them.
+    idx = chosen.to(dist.dtype).topk(k, dim=-1).indices
+    return idx.sort(dim=-1).values
+
+
+def _atss_padded(anchors: List[torch.Tensor], gt: torch.Tensor, gt_valid: torch.Tensor,
+                 topk: int) -> torch.Tensor:
+    """ATSS on padded ground truths ``gt`` (N, G, 4) with ``gt_valid`` (N, G) -> (N, A) long."""
+    all_anchors = torch.cat(anchors, dim=0)
+    num_anchors = all_anchors.shape[0]
+    n, g = gt.shape[:2]
+    out = torch.full((n, num_anchors), -1, dtype=torch.long, device=all_anchors.device)
+    num_cand = sum(min(topk, len(a)) for a in anchors)
+    if g == 0 or num_anchors == 0 or num_cand < 2:
+        # No GT, or one candidate per GT: the threshold's std is NaN, so nothing is positive.
+        return out
+    gt = gt.to(all_anchors.dtype)
+    gt_ctr = (gt[..., :2] + gt[..., 2:]) / 2.0
+
+    cand, start = [], 0
+    for a in anchors:  # <= 5 FPN levels
+        if len(a):
+            ctr = (a[:, :2] + a[:, 2:]) / 2.0
+            cand.append(_level_candidates(ctr, gt_ctr, min(topk, len(a))) + start)
+        start += len(a)
+    cand_idx = torch.cat(cand, dim=-1)  # (N, G, C), level-major
+    cand_boxes = all_anchors[cand_idx]  # (N, G, C, 4)
+    ious = iou_mmdet(cand_boxes, gt[:, :, None, :])  # (N, G, C)
+
+    # Mean/std over the candidates in mmdet's (C, G) layout, reduced over dim 0.
+    ious_cg = ious.transpose(1, 2).contiguous()
+    thr = (ious_cg.mean(1) + ious_cg.std(1))[..., None]  # (N, G, 1)
+
+    cand_ctr = (cand_boxes[..., :2] + cand_boxes[..., 2:]) / 2.0
+    inside = torch.stack([cand_ctr[..., 0] - gt[..., None, 0], cand_ctr[..., 1] - gt[..., None, 1],
+                          gt[..., None, 2] - cand_ctr[..., 0], gt[..., None, 3] - cand_ctr[..., 1]],
+                         dim=-1).min(dim=-1).values > 0.01
+    pos = (ious >= thr) & inside & gt_valid[..., None]
+
+    # Conflicts: highest IoU wins, then the lowest GT index (two scatter reductions).
+    flat = (cand_idx + torch.arange(n, device=cand_idx.device)[:, None, None] * num_anchors)
+    flat = flat.reshape(-1)
+    score = ious.masked_fill(~pos, float("-inf")).reshape(-1)
+    best = ious.new_full((n * num_anchors,), float("-inf"))
+    best = best.scatter_reduce(0, flat, score, reduce="amax")
+    win = pos.reshape(-1) & (score == best[flat])
+    gt_index = torch.arange(g, device=cand_idx.device)[None, :, None].expand_as(pos).reshape(-1)
+    assigned = torch.full((n * num_anchors,), g, dtype=torch.long, device=cand_idx.device)
+    assigned = assigned.scatter_reduce(0, flat, torch.where(win, gt_index, g), reduce="amin")
+    return torch.where(assigned == g, out.reshape(-1), assigned).view(n, num_anchors)
+
+
+def atss_match(anchors_per_level: Sequence[torch.Tensor], gt_boxes: torch.Tensor,
+               topk: int = 9) -> torch.LongTensor:
+    """ATSS assignment of one image (mmdet ``ATSSAssigner``; see the module docstring).
+
+    Args:
+        anchors_per_level: list over FPN levels of (A_l, 4) XYXY anchors (tensors or ``Boxes``).
+        gt_boxes: (G, 4) XYXY ground-truth boxes (tensor or ``Boxes``).
+        topk: candidates per level and ground truth (Alg. 1's k; 9 in every config).
+    Returns:
+        (A,) int64, A = Σ A_l in concatenated level order: index in [0, G) of the anchor's ground
+        truth, or -1 (negative). G = 0 gives all -1.
+    """
+    anchors = [_as_tensor(a) for a in anchors_per_level]
+    gt = _as_tensor(gt_boxes).reshape(-1, 4)
+    valid = torch.ones((1, gt.shape[0]), dtype=torch.bool, device=gt.device)
+    return _atss_padded(anchors, gt[None], valid, topk)[0]
+
+
+def atss_match_batch(anchors_per_level: Sequence[torch.Tensor],
+                     gt_boxes_list: Sequence[torch.Tensor], topk: int = 9) -> torch.LongTensor:
+    """:func:`atss_match` for N images sharing the same anchors, in one computation.
+
+    Args:
+        anchors_per_level: list over levels of (A_l, 4) XYXY anchors, common to all images.
+        gt_boxes_list: N tensors (G_i, 4) XYXY (or ``Boxes``), G_i may be 0.
+        topk: as in :func:`atss_match`.
+    Returns:
+        (N, A) int64: entry [i, a] is the index into ``gt_boxes_list[i]`` or -1; row i equals
+        ``atss_match(anchors_per_level, gt_boxes_list[i], topk)``.
+    """
+    anchors = [_as_tensor(a) for a in anchors_per_level]
+    gts = [_as_tensor(b).reshape(-1, 4).to(anchors[0].dtype) for b in gt_boxes_list]
+    if len(gts) == 0:
+        return torch.empty((0, sum(len(a) for a in anchors)), dtype=torch.long,
+                           device=anchors[0].device)
+    lengths = torch.tensor([len(b) for b in gts], device=gts[0].device)
+    padded = pad_sequence(gts, batch_first=True)  # (N, max G_i, 4), zero rows are padding
+    valid = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths[:, None]
+    return _atss_padded(anchors, padded, valid, topk)
