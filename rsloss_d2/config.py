@@ -140,3 +140,70 @@ def add_rsloss_config(cfg):
     # Test: detections per image (official 100) and mask binarisation threshold (0.5).
     _C.MODEL.YOLACT.DETECTIONS_PER_IMAGE = 100
     _C.MODEL.YOLACT.MASK_THRESH_TEST = 0.5
+
+    # ---------------------------------------------------------------- SOLO / SOLOv2 / RS-SOLOv2
+    # (meta-architecture "SOLOv2"; AdelaiDet's key names where they exist; shared/spec/solo.md)
+    _C.MODEL.SOLOV2 = CN()
+    # Number of foreground classes (sigmoid category outputs; COCO 80).
+    _C.MODEL.SOLOV2.NUM_CLASSES = 80
+    # Instance branch: "dynamic" (SOLOv2 kernels + mask features), "vanilla" (SOLO: S^2 mask
+    # channels per level) or "decoupled" (Decoupled SOLO: S X-channels and S Y-channels).
+    _C.MODEL.SOLOV2.INSTANCE_HEAD_TYPE = "dynamic"
+    # FPN maps feeding the instance head; they become levels at strides [8, 8, 16, 32, 32].
+    _C.MODEL.SOLOV2.INSTANCE_IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    # Numeric stride of each level (mask-area filter at test; SOLO's mask stride = half).
+    _C.MODEL.SOLOV2.FPN_INSTANCE_STRIDES = [8, 8, 16, 32, 32]
+    # Inclusive ranges of sqrt(w*h) of the GT box per level (light-448: (1,56),(28,112),...).
+    _C.MODEL.SOLOV2.FPN_SCALE_RANGES = [[1, 96], [48, 192], [96, 384], [192, 768], [384, 2048]]
+    # Centre-region scale sigma (0.2 in every official config).
+    _C.MODEL.SOLOV2.SIGMA = 0.2
+    # Grid numbers S per level.
+    _C.MODEL.SOLOV2.NUM_GRIDS = [40, 36, 24, 16, 12]
+    # Channels of the FPN maps fed to the instance head.
+    _C.MODEL.SOLOV2.INSTANCE_IN_CHANNELS = 256
+    # Tower channels of the category / instance branches (SOLOv2 512, light 256, SOLO 256).
+    _C.MODEL.SOLOV2.INSTANCE_CHANNELS = 512
+    # Convs per tower (SOLOv2 4, light 2, SOLO 7).
+    _C.MODEL.SOLOV2.NUM_INSTANCE_CONVS = 4
+    # Kernel weights per cell E (= NUM_MASKS; 256, light 128).
+    _C.MODEL.SOLOV2.NUM_KERNELS = 256
+    # Norm of the towers and the mask branch (GN(32) in the official heads).
+    _C.MODEL.SOLOV2.NORM = "GN"
+    # Append x/y coordinate channels to the instance-branch input.
+    _C.MODEL.SOLOV2.USE_COORD_CONV = True
+    # Prior probability of the category output bias.
+    _C.MODEL.SOLOV2.PRIOR_PROB = 0.01
+    # FPN maps of the unified mask-feature branch (P2..P5).
+    _C.MODEL.SOLOV2.MASK_IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    # Input / inner channels of the mask-feature branch.
+    _C.MODEL.SOLOV2.MASK_IN_CHANNELS = 256
+    _C.MODEL.SOLOV2.MASK_CHANNELS = 128
+    # Output channels E of the mask-feature branch (= NUM_KERNELS).
+    _C.MODEL.SOLOV2.NUM_MASKS = 256
+    # Cells covered by several GTs: "all" (official SOLOv2: last GT's label, every (GT, cell)
+    # pair a positive mask), "last" (SOLO: last GT overwrites label and mask), "first"
+    # (RS-SOLOv2: first GT wins).
+    _C.MODEL.SOLOV2.CELL_ASSIGNMENT = "all"
+    # Test: candidates kept before Matrix NMS (also bounds the mask memory of inference).
+    _C.MODEL.SOLOV2.NMS_PRE = 500
+    # Test: category probability threshold of candidates (RS-SOLOv2 0.2).
+    _C.MODEL.SOLOV2.SCORE_THR = 0.1
+    # Test: minimum Matrix-NMS-decayed score.
+    _C.MODEL.SOLOV2.UPDATE_THR = 0.05
+    # Test: mask probability threshold.
+    _C.MODEL.SOLOV2.MASK_THR = 0.5
+    # Test: detections per image.
+    _C.MODEL.SOLOV2.MAX_PER_IMG = 100
+    # Test: Matrix NMS kernel ("gaussian" or "linear") and its sigma.
+    _C.MODEL.SOLOV2.NMS_KERNEL = "gaussian"
+    _C.MODEL.SOLOV2.NMS_SIGMA = 2.0
+    _C.MODEL.SOLOV2.LOSS = CN()
+    # "focal_dice" (SOLO / SOLOv2) or "rank_sort" (RS-SOLOv2: RS Loss with dice sorting targets,
+    # score-weighted value-balanced dice; delta = MODEL.RANK_LOSS.RS_DELTA).
+    _C.MODEL.SOLOV2.LOSS.TYPE = "focal_dice"
+    # Focal loss of the category branch (alpha, gamma, weight).
+    _C.MODEL.SOLOV2.LOSS.FOCAL_ALPHA = 0.25
+    _C.MODEL.SOLOV2.LOSS.FOCAL_GAMMA = 2.0
+    _C.MODEL.SOLOV2.LOSS.FOCAL_WEIGHT = 1.0
+    # Weight of the dice loss (focal_dice only; RS-SOLOv2 balances it by value instead).
+    _C.MODEL.SOLOV2.LOSS.DICE_WEIGHT = 3.0

@@ -9,10 +9,12 @@ per-positive loop (see ``_step_sums.py`` for the algorithm):
 
 and the glue the detection heads need (``utils.py``): :func:`vectorize_labels`,
 :func:`positive_score_weights`, :func:`score_weighted_mean`, :func:`value_balanced` (λ: :func:`balancing_lambda`).
+``dice.py``: the per-instance dice loss of SOLO / SOLOv2 (:func:`dice_loss`, :func:`dice_coefficient`).
 ``reference.py`` holds the slow per-positive loops used by the tests and the benchmark.
 """
 from .alrp import ALRPSelfBalance, alrp_loss
 from .ap import ap_loss
+from .dice import dice_coefficient, dice_loss
 from .rank_sort import rank_sort_loss
 from .utils import (
     balancing_lambda,
@@ -32,4 +34,6 @@ __all__ = [
     "score_weighted_mean",
     "value_balanced",
     "balancing_lambda",
+    "dice_coefficient",
+    "dice_loss",
 ]

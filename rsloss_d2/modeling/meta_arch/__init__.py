@@ -1,1 +1,2 @@
-
+"""Meta-architectures (registered in Detectron2's META_ARCH_REGISTRY on import)."""
+from .solov2 import SOLOv2  # noqa: F401  (registers SOLOv2: SOLO / SOLOv2 / RS-SOLOv2)

@@ -1,0 +1,38 @@
+"""Dice loss of SOLO / SOLOv2 (Milletari et al. 2016; SOLO paper Eq. 2–3), per instance.
+
+Spec: ``shared/spec/solo.md`` §5 (official ``solov2_head.py`` ``dice_loss``) and
+``shared/spec/ranking_losses.md`` §2.6. Pure PyTorch.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["dice_coefficient", "dice_loss"]
+
+
+def dice_coefficient(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """``D = 2 Σ p·m / ((Σ p² + eps) + (Σ m² + eps))`` per instance (SOLO Eq. 3, official eps).
+
+    Args:
+        pred: (N, ...) mask probabilities in [0, 1] (e.g. sigmoid of the mask logits).
+        target: (N, ...) binary (or soft) targets, same shape.
+        eps: added to each of the two squared sums (SOLO 0.001 each).
+
+    Returns:
+        (N,) coefficients in the dtype of ``pred`` (computed in at least float32); N = 0 gives
+        an empty tensor attached to ``pred``.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"dice: pred {tuple(pred.shape)} vs target {tuple(target.shape)}")
+    dtype = torch.float64 if pred.dtype == torch.float64 else torch.float32
+    p = pred.reshape(pred.shape[0], -1).to(dtype)
+    m = target.reshape(target.shape[0], -1).to(dtype)
+    a = (p * m).sum(dim=1)
+    b = (p * p).sum(dim=1) + eps
+    c = (m * m).sum(dim=1) + eps
+    return (2 * a / (b + c)).to(pred.dtype)
+
+
+def dice_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Per-instance dice loss ``1 − dice_coefficient(pred, target, eps)``, shape (N,)."""
+    return 1 - dice_coefficient(pred, target, eps)
