@@ -60,6 +60,39 @@ def add_rsloss_config(cfg):
     # CARAFE channel-compressor output channels (official 64).
     _C.MODEL.FPN_CARAFE.COMPRESSED_CHANNELS = 64
 
+    # ---------------------------------------------------------------- GOL / Gumbel (long tail)
+    # (GOLROIHeads, NormedMaskRCNNConvUpsampleHead; shared/spec/gol_lvis.md.)
+    _C.MODEL.GOL = CN()
+    # Box classification loss of GOLROIHeads: "softmax" (Detectron2 CE over C+1), "sigmoid" (BCE
+    # over C+1 one-hot columns, mmdet use_sigmoid), "gumbel" (GumbelCE over C+1), "droploss" /
+    # "eql" (C columns, no background; activation below).
+    _C.MODEL.GOL.CLS_LOSS = "gumbel"
+    # Activation of "droploss" / "eql": "gumbel" (logits clamped to [-4, 10]) or "sigmoid".
+    _C.MODEL.GOL.ACTIVATION = "gumbel"
+    # Test score activation; "" = the training one (official sigmoid configs use "softmax").
+    _C.MODEL.GOL.TEST_ACTIVATION = ""
+    # DropLoss / EQL tail threshold lambda: class c is tail if image_count(c) / N < lambda.
+    _C.MODEL.GOL.TAIL_THRESHOLD = 0.0011
+    # N of the tail frequency; 0 = training images with >= 1 annotation, counted from
+    # DATASETS.TRAIN (official constants: LVIS v1 99388, v0.5 56740).
+    _C.MODEL.GOL.TAIL_NUM_IMAGES = 0
+    # Temperature of the NormedLinear box classifier (official 5); 0 = plain nn.Linear.
+    _C.MODEL.GOL.NORMED_CLS_TEMPERATURE = 0.0
+    # Classifier init (ignored by NormedLinear: N(0, 0.01^2), bias 0): "constant" or "normal".
+    _C.MODEL.GOL.CLS_INIT = "constant"
+    # Constant weight value, or std of "normal" (Gumbel 0.001; DropLoss-sigmoid 0.01).
+    _C.MODEL.GOL.CLS_INIT_VALUE = 0.001
+    # Classifier bias init (Gumbel -2.0; sigmoid / softmax -6.5; DropLoss-sigmoid -6.9).
+    _C.MODEL.GOL.CLS_INIT_BIAS = -2.0
+    # Box-head fcs and bbox_pred keep PyTorch's nn.Linear default init (side effect of the
+    # official init_cfg on fc_cls, spec §6); False = Detectron2's init.
+    _C.MODEL.GOL.TORCH_DEFAULT_FC_INIT = True
+    # Temperature of NormedMaskRCNNConvUpsampleHead's NormedConv2d predictor (official 20).
+    _C.MODEL.GOL.MASK_NORMED_TEMPERATURE = 20.0
+    # Test score activation of the RS box predictor (RSFastRCNNOutputLayers): "sigmoid"
+    # (official RS) or "gumbel" (RS-Mask R-CNN + Gumbel scores).
+    _C.MODEL.RS_ROI_HEADS.CLS_ACTIVATION = "sigmoid"
+
     # ---------------------------------------------------------------- SSD augmentation, YOLACT
     # Training mapper rsloss_d2.data.transforms.SSDDatasetMapper (build_train_mapper(cfg)):
     # photometric distortion, expand, min-IoU crop, fixed-size resize, INPUT.RANDOM_FLIP.

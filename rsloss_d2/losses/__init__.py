@@ -10,10 +10,14 @@ per-positive loop (see ``_step_sums.py`` for the algorithm):
 and the glue the detection heads need (``utils.py``): :func:`vectorize_labels`,
 :func:`positive_score_weights`, :func:`score_weighted_mean`, :func:`value_balanced` (λ: :func:`balancing_lambda`).
 ``dice.py``: the per-instance dice loss of SOLO / SOLOv2 (:func:`dice_loss`, :func:`dice_coefficient`).
+Long-tail classification (GOL): :func:`gumbel_activation`, :func:`gumbel_cross_entropy`
+(``gumbel.py``), :func:`drop_loss`, :func:`eql_loss`, :func:`tail_class_mask` (``drop_loss.py``).
 ``reference.py`` holds the slow per-positive loops used by the tests and the benchmark.
 """
 from .alrp import ALRPSelfBalance, alrp_loss
 from .ap import ap_loss
+from .drop_loss import drop_loss, drop_loss_weights, eql_loss, tail_class_mask
+from .gumbel import gumbel_activation, gumbel_binary_cross_entropy, gumbel_cross_entropy
 from .dice import dice_coefficient, dice_loss
 from .rank_sort import rank_sort_loss
 from .utils import (
@@ -34,6 +38,13 @@ __all__ = [
     "score_weighted_mean",
     "value_balanced",
     "balancing_lambda",
+    "gumbel_activation",
+    "gumbel_binary_cross_entropy",
+    "gumbel_cross_entropy",
+    "drop_loss",
+    "drop_loss_weights",
+    "eql_loss",
+    "tail_class_mask",
     "dice_coefficient",
     "dice_loss",
 ]

@@ -5,6 +5,10 @@ from .rs_cascade_rcnn import RSCascadeROIHeads  # noqa: F401
 from .rs_fast_rcnn import RSFastRCNNOutputLayers  # noqa: F401
 from .rs_mask_head import RSMaskRCNNConvUpsampleHead, dice_loss  # noqa: F401
 from .rs_roi_heads import RSStandardROIHeads  # noqa: F401
+# GOL (long tail): registers GOLROIHeads and NormedMaskRCNNConvUpsampleHead
+from .activation_fast_rcnn import ActivationFastRCNNOutputLayers  # noqa: F401
+from .gol_roi_heads import GOLROIHeads  # noqa: F401
+from .normed_mask_head import NormedMaskRCNNConvUpsampleHead  # noqa: F401
 
 __all__ = [
     "RSStandardROIHeads",
@@ -12,4 +16,7 @@ __all__ = [
     "RSFastRCNNOutputLayers",
     "RSMaskRCNNConvUpsampleHead",
     "dice_loss",
+    "ActivationFastRCNNOutputLayers",
+    "GOLROIHeads",
+    "NormedMaskRCNNConvUpsampleHead",
 ]

@@ -14,7 +14,9 @@ module only replaces the last two linear layers and their loss / inference.
 * Inference: ``sigmoid`` scores (padded with a dummy background column for Detectron2's
   ``fast_rcnn_inference``), ``score_thresh`` = ``MODEL.ROI_HEADS.SCORE_THRESH_TEST`` (the paper
   configs use 0.40, "for efficiency"), NMS ``MODEL.ROI_HEADS.NMS_THRESH_TEST`` (0.5),
-  ``TEST.DETECTIONS_PER_IMAGE`` (100) per image.
+  ``TEST.DETECTIONS_PER_IMAGE`` (100) per image. ``MODEL.RS_ROI_HEADS.CLS_ACTIVATION: "gumbel"``
+  gives Gumbel scores ``exp(−exp(−x))`` instead (RS-Mask R-CNN + Gumbel, GOL; training unchanged:
+  RS Loss ranks the logits, and the GIoU / mask score weights stay max-sigmoid).
 """
 from typing import Dict, List, Tuple
 
@@ -24,6 +26,8 @@ from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Instances
 from torch import nn
+
+from rsloss_d2.losses import gumbel_activation
 
 from ..box_losses import RSDetectionLosses, foreground_indices, rs_detection_losses
 from ..events import put_scalars
@@ -39,11 +43,13 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
     """
 
     @configurable
-    def __init__(self, input_shape: ShapeSpec, *, rs_delta: float = 0.5, **kwargs):
+    def __init__(self, input_shape: ShapeSpec, *, rs_delta: float = 0.5,
+                 cls_activation: str = "sigmoid", **kwargs):
         """
         Args:
             input_shape: shape of the box-trunk output.
             rs_delta: δ of RS Loss.
+            cls_activation: test score activation, "sigmoid" (official) or "gumbel".
             kwargs: arguments of :class:`FastRCNNOutputLayers` (``box2box_transform``,
                 ``num_classes``, ``cls_agnostic_bbox_reg``, ``test_*``); its loss options
                 (``box_reg_loss_type``, ``loss_weight``, federated / sigmoid CE) are unused.
@@ -57,11 +63,15 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.constant_(self.cls_score.bias, 0)
         self.rs_delta = rs_delta
+        if cls_activation not in ("sigmoid", "gumbel"):
+            raise ValueError(f"cls_activation must be 'sigmoid' or 'gumbel', got {cls_activation!r}")
+        self.cls_activation = cls_activation
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ret["rs_delta"] = cfg.MODEL.RANK_LOSS.RS_DELTA
+        ret["cls_activation"] = cfg.MODEL.RS_ROI_HEADS.CLS_ACTIVATION
         return ret
 
     def rs_losses(
@@ -133,8 +143,8 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
     def predict_probs(
         self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]
     ):
-        """Sigmoid scores, each (Ri, C + 1) with a zero dummy background column (official)."""
+        """Sigmoid (or Gumbel) scores, each (Ri, C + 1) with a zero dummy background column."""
         scores, _ = predictions
-        probs = scores.sigmoid()
+        probs = gumbel_activation(scores) if self.cls_activation == "gumbel" else scores.sigmoid()
         probs = torch.cat([probs, probs.new_zeros(probs.shape[0], 1)], dim=1)
         return probs.split([len(p) for p in proposals], dim=0)
