@@ -60,3 +60,89 @@ def grid_anchors(size, stride, sizes, offset=0.0):
     boxes = torch.cat([ctr[:, None, :] - half[None, :, None], ctr[:, None, :] + half[None, :, None]],
                       dim=2)
     return boxes.reshape(-1, 4)
+
+
+# ---------------------------------------------------------------- PAA (models.md §4)
+def gmm_em_reference(x, reg_covar=1e-5, max_iter=100, tol=1e-3):
+    """One two-component 1-D GMM fitted by sklearn's EM algorithm (init means (min, max),
+    weights ½, variances 1; E-step, M-step, stop when the mean log-likelihood of the E-step changed
+    by < tol; final E-step), written plainly with the textbook density.
+
+    Returns (labels, log-densities, number of iterations)."""
+    x = np.asarray(x, dtype=np.float64)
+    mu = np.array([x.min(), x.max()])
+    var = np.ones(2)
+    w = np.full(2, 0.5)
+
+    def weighted_log_prob():
+        return np.log(w) - 0.5 * (np.log(2 * np.pi) + np.log(var) + (x[:, None] - mu) ** 2 / var)
+
+    bound = -np.inf
+    for it in range(1, max_iter + 1):
+        wl = weighted_log_prob()
+        log_norm = np.logaddexp(wl[:, 0], wl[:, 1])
+        new_bound = log_norm.mean()
+        resp = np.exp(wl - log_norm[:, None])
+        nk = resp.sum(0) + 10 * np.finfo(np.float64).eps
+        mu = (resp * x[:, None]).sum(0) / nk
+        var = (resp * (x[:, None] - mu) ** 2).sum(0) / nk + reg_covar
+        w = nk / nk.sum()
+        done = abs(new_bound - bound) < tol
+        bound = new_bound
+        if done:
+            break
+    wl = weighted_log_prob()
+    return np.argmax(wl, 1), np.logaddexp(wl[:, 0], wl[:, 1]), it
+
+
+def paa_reference(costs, gt_inds, levels, num_gts, topk=9, fit=None):
+    """PAA selection, one ground truth at a time (models.md §4). ``fit(x) -> (labels,
+    log-densities)`` fits the GMM to the ascending costs x (default: :func:`gmm_em_reference`).
+    Ties: equal costs -> input order; equal highest log-density of label 0 -> all of that cost."""
+    fit = fit or (lambda v: gmm_em_reference(v)[:2])
+    costs = costs.double().tolist()
+    gt_inds, levels = gt_inds.tolist(), levels.tolist()
+    keep = [False] * len(costs)
+    for g in range(num_gts):
+        cands = []
+        for lvl in sorted(set(levels)):
+            mine = [i for i in range(len(costs)) if gt_inds[i] == g and levels[i] == lvl]
+            cands += sorted(mine, key=lambda i: (costs[i], i))[:topk]
+        if len(cands) < 2:
+            continue
+        cands.sort(key=lambda i: (costs[i], i))
+        x = np.array([costs[i] for i in cands])
+        labels, dens = fit(x)
+        fg = [j for j in range(len(cands)) if labels[j] == 0]
+        if not fg:
+            continue
+        best = max(fg, key=lambda j: (dens[j], -j))  # highest density, first of equals
+        for j in fg:
+            if x[j] <= x[best]:
+                keep[cands[j]] = True
+    return torch.tensor(keep, dtype=torch.bool)
+
+
+def random_paa_case(gen, num_gts, num_levels=5, max_per_level=14, rounding=None):
+    """Initial positives of ``num_gts`` GTs: per (GT, level) 0..max_per_level candidates with
+    costs from a two-mode mixture (good / bad anchors), in a random order; GT 0 has 1 candidate,
+    GT 1 has 2, GT 2 has all costs equal, GT 3 has none (when num_gts > 3)."""
+    costs, gts, lvls = [], [], []
+    for g in range(num_gts):
+        for lvl in range(num_levels):
+            n = int(torch.randint(0, max_per_level + 1, (1,), generator=gen))
+            if g < 4:
+                n = {0: int(lvl == 2), 1: int(lvl in (1, 3)), 2: 3, 3: 0}[g]
+            good = torch.rand((n,), generator=gen) < 0.4
+            c = torch.where(good, 0.3 + 0.3 * torch.rand((n,), generator=gen),
+                            1.0 + 1.5 * torch.rand((n,), generator=gen))
+            if g == 2:
+                c = torch.full((n,), 0.75)
+            costs.append(c)
+            gts += [g] * n
+            lvls += [lvl] * n
+    costs = torch.cat(costs)
+    if rounding:
+        costs = (costs / rounding).round() * rounding  # exact ties
+    perm = torch.randperm(len(costs), generator=gen)
+    return costs[perm].float(), torch.tensor(gts)[perm], torch.tensor(lvls)[perm]
