@@ -146,3 +146,23 @@ def random_paa_case(gen, num_gts, num_levels=5, max_per_level=14, rounding=None)
         costs = (costs / rounding).round() * rounding  # exact ties
     perm = torch.randperm(len(costs), generator=gen)
     return costs[perm].float(), torch.tensor(gts)[perm], torch.tensor(lvls)[perm]
+
+
+# ---------------------------------------------------------------- score voting (models.md §4)
+def score_voting_reference(det_boxes, det_labels, cand_boxes, cand_scores, score_thr=0.05,
+                           sigma=0.025):
+    """Per-detection loop, in float64: neighbours = candidates of the detection's class with
+    score > score_thr and IoU > 0.01; voted box = Σ p b / Σ p, p = exp(−(1 − IoU)²/σ)·score."""
+    out = []
+    cands = cand_boxes.double().tolist()
+    for box, label in zip(det_boxes.double().tolist(), det_labels.tolist()):
+        num, den = [0.0] * 4, 0.0
+        for i, cb in enumerate(cands):
+            s = float(cand_scores[i, label])
+            iou = iou_py(box, cb)
+            if s > score_thr and iou > 0.01:
+                p = math.exp(-((1 - iou) ** 2) / sigma) * s
+                num = [n + p * c for n, c in zip(num, cb)]
+                den += p
+        out.append([n / den for n in num] if den > 0 else box)
+    return torch.tensor(out, dtype=torch.float64).reshape(-1, 4)
