@@ -93,6 +93,43 @@ def add_rsloss_config(cfg):
     # (official RS) or "gumbel" (RS-Mask R-CNN + Gumbel scores).
     _C.MODEL.RS_ROI_HEADS.CLS_ACTIVATION = "sigmoid"
 
+    # ---------------------------------------------------------------- ranking-loss dense detectors
+    # (RankingRetinaNet: aLRP / AP-Loss RetinaNet, RS-ATSS, RS-PAA; Detectron2's MODEL.RETINANET
+    # keys give classes, head depth / norm, IoU thresholds, box weights and test thresholds.)
+    _C.MODEL.RANKING_RETINANET = CN()
+    # Loss: "aLRP" (aLRP Loss + GIoU, self-balance), "AP" (AP Loss + SmoothL1), "RS" (RS Loss).
+    _C.MODEL.RANKING_RETINANET.LOSS = "aLRP"
+    # Assigner: "max_iou" (MODEL.RETINANET.IOU_THRESHOLDS, mmdet rule), "atss", "paa".
+    _C.MODEL.RANKING_RETINANET.ASSIGNER = "max_iou"
+    # ATSS: candidates per level per GT (official 9).
+    _C.MODEL.RANKING_RETINANET.ATSS_TOPK = 9
+    # PAA: initial MaxIoU threshold (pos >= thr, neg < thr; official 0.1).
+    _C.MODEL.RANKING_RETINANET.PAA_IOU_THRESH = 0.1
+    # PAA: candidates per level per GT kept for the GMM (official 9).
+    _C.MODEL.RANKING_RETINANET.PAA_TOPK = 9
+    # PAA: GMM covariance regulariser (RS-PAA 1e-5; mmdet's own PAA head 1e-6).
+    _C.MODEL.RANKING_RETINANET.PAA_REG_COVAR = 1e-5
+    # PAA: weight of the GIoU term of the anchor cost (RS-PAA 1.0; standard PAA 1.3).
+    _C.MODEL.RANKING_RETINANET.PAA_COST_GIOU_WEIGHT = 1.0
+    # Score voting of the kept boxes at test time (RS-PAA: True).
+    _C.MODEL.RANKING_RETINANET.SCORE_VOTING = False
+    # Score voting: sigma of exp(-(1 - IoU)^2 / sigma) (official 0.025).
+    _C.MODEL.RANKING_RETINANET.SCORE_VOTING_SIGMA = 0.025
+    # delta of the smoothed step of aLRP Loss and AP Loss (official 1.0; RS: MODEL.RANK_LOSS).
+    _C.MODEL.RANKING_RETINANET.DELTA = 1.0
+    # aLRP self-balance: initial weight of the localisation component (official 50).
+    _C.MODEL.RANKING_RETINANET.SELF_BALANCE_INIT = 50.0
+    # aLRP self-balance period in iterations; 0 = one epoch, derived from the size of
+    # DATASETS.TRAIN (after FILTER_EMPTY_ANNOTATIONS) and SOLVER.IMS_PER_BATCH.
+    _C.MODEL.RANKING_RETINANET.SELF_BALANCE_PERIOD = 0
+    # One learnable scale per FPN level multiplying the box deltas (ATSS / PAA heads: True).
+    _C.MODEL.RANKING_RETINANET.LEVEL_SCALES = False
+    # build_retinanet_fpn_p6p7_backbone: input of P6, "res5" (on_input: RetinaNet / aLRP) or
+    # "p5" (on_output: ATSS / PAA).
+    _C.MODEL.RANKING_RETINANET.P6_IN_FEATURE = "res5"
+    # build_retinanet_fpn_p6p7_backbone: ReLU between P6 and P7 (Detectron2 True; mmdet False).
+    _C.MODEL.RANKING_RETINANET.RELU_BEFORE_P7 = False
+
     # ---------------------------------------------------------------- SSD augmentation, YOLACT
     # Training mapper rsloss_d2.data.transforms.SSDDatasetMapper (build_train_mapper(cfg)):
     # photometric distortion, expand, min-IoU crop, fixed-size resize, INPUT.RANDOM_FLIP.

@@ -2,3 +2,4 @@
 and `build_resnet_fpn_carafe_backbone` in Detectron2's BACKBONE_REGISTRY."""
 from . import resnet_dcn  # noqa: F401
 from . import fpn_carafe  # noqa: F401
+from . import retinanet_fpn  # noqa: F401  (build_retinanet_fpn_p6p7_backbone)

@@ -1,0 +1,333 @@
+"""``RankingRetinaNet``: one-stage detectors trained with ranking losses (aLRP / AP / RS Loss).
+
+One meta-architecture for the four official dense models (``shared/spec/models.md`` §3, §4, §9,
+§10), chosen by two config keys instead of four copies of a head:
+
+| model | ``MODEL.RANKING_RETINANET.LOSS`` | ``.ASSIGNER`` | head |
+|---|---|---|---|
+| AP-Loss RetinaNet | ``AP`` | ``max_iou`` (0.5 / 0.4) | RetinaNet |
+| aLRP-Loss RetinaNet | ``aLRP`` | ``max_iou`` (0.5 / 0.4) | RetinaNet |
+| aLRP-Loss "GIoU+ATSS" | ``aLRP`` | ``atss`` | RetinaNet |
+| RS-ATSS | ``RS`` | ``atss`` | GN tower + level scales, no centerness |
+| RS-PAA | ``RS`` | ``paa`` (+ score voting) | GN tower + level scales, no IoU branch |
+
+Everything else is Detectron2's ``RetinaNet`` / ``DenseDetector``: backbone + FPN P3–P7, anchor
+generator (``MODEL.ANCHOR_GENERATOR``, offset 0 = mmdet 2.x centres), ``Box2BoxTransform``
+(``MODEL.RETINANET.BBOX_REG_WEIGHTS`` (10, 10, 5, 5) = mmdet stds [0.1, 0.1, 0.2, 0.2]), image
+batching and ``Instances`` output. Target assignment (``dense_heads/dense_assignment.py`` and the
+ATSS / PAA rules of ``rsloss_d2.modeling.matchers``), the losses
+(``dense_heads/ranking_dense_losses.py``) and inference are separate functions.
+
+Ranking losses rank the anchors × classes of all images of the **per-process** batch (nothing is
+gathered across GPUs); the aLRP self-balance statistics are per process too (official).
+"""
+import logging
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import batched_nms, cat
+from detectron2.modeling.meta_arch.build import META_ARCH_REGISTRY
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
+from detectron2.structures import Boxes, Instances
+from fvcore.nn import sigmoid_focal_loss
+from torch.nn import functional as F
+
+from rsloss_d2.losses import ALRPSelfBalance
+
+from ..box_losses import giou_loss
+from ..dense_heads.dense_assignment import (
+    IGNORED,
+    NEGATIVE,
+    atss_assign,
+    max_iou_assign,
+    padded_gt_boxes,
+    valid_anchor_mask,
+)
+from ..dense_heads.ranking_dense_losses import alrp_dense_losses, ap_dense_losses, rs_dense_losses
+from ..dense_heads.ranking_retina_head import RankingRetinaNetHead
+from ..events import put_scalars
+
+__all__ = ["RankingRetinaNet", "self_balance_period"]
+
+logger = logging.getLogger(__name__)
+
+_LOSSES = ("aLRP", "AP", "RS")
+_ASSIGNERS = ("max_iou", "atss", "paa")
+
+
+def self_balance_period(dataset_names: Sequence[str], ims_per_batch: int,
+                        filter_empty: bool = True) -> int:
+    """Iterations per epoch = ⌈#training images / total batch⌉ (the aLRP SB period).
+
+    The images are counted as Detectron2's train loader sees them (after
+    ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``). COCO train2017 at batch 32 gives the official 3665.
+    """
+    from detectron2.data import get_detection_dataset_dicts
+
+    num = len(get_detection_dataset_dicts(list(dataset_names), filter_empty=filter_empty))
+    return max(1, math.ceil(num / ims_per_batch))
+
+
+def _gt_tables(gt_instances):
+    """(N, G_max, 4) GT boxes and (N, G_max) int64 classes, zero-padded."""
+    boxes, real = padded_gt_boxes([x.gt_boxes.tensor for x in gt_instances])
+    classes = torch.zeros(real.shape, dtype=torch.long, device=real.device)
+    classes[real] = cat([x.gt_classes for x in gt_instances]).to(real.device)
+    return boxes, classes
+
+
+@META_ARCH_REGISTRY.register()
+class RankingRetinaNet(RetinaNet):
+    """RetinaNet-style dense detector with aLRP / AP / RS Loss and MaxIoU / ATSS / PAA assignment.
+
+    Training losses: aLRP ``loss_cls``, ``loss_bbox`` (= w_SB·L_loc); AP ``loss_cls``,
+    ``loss_bbox`` (SmoothL1); RS ``loss_rank``, ``loss_sort``, ``loss_bbox`` (λ·L_GIoU).
+    EventStorage (prefix ``dense/``): ``num_pos_anchors``, ``num_neg_anchors`` (per image), and
+    ``loss_loc_unweighted``, ``self_balance_weight``, ``mean_pos_giou_loss`` (aLRP),
+    ``lambda_bbox``, ``giou_loss``, ``mean_pos_iou`` (RS), ``paa_num_candidates`` (PAA).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        loss_type: str = "aLRP",
+        assigner: str = "max_iou",
+        iou_thresholds: Tuple[float, float] = (0.4, 0.5),
+        atss_topk: int = 9,
+        paa_iou_thresh: float = 0.1,
+        paa_topk: int = 9,
+        paa_reg_covar: float = 1e-5,
+        paa_cost_giou_weight: float = 1.0,
+        score_voting: bool = False,
+        score_voting_sigma: float = 0.025,
+        rank_delta: float = 1.0,
+        rs_delta: float = 0.5,
+        self_balance_init: float = 50.0,
+        self_balance_period: int = 0,
+        train_datasets: Sequence[str] = (),
+        ims_per_batch: int = 16,
+        filter_empty: bool = True,
+        **kwargs,
+    ):
+        """
+        Args:
+            loss_type: "aLRP", "AP" or "RS".
+            assigner: "max_iou", "atss" or "paa".
+            iou_thresholds: (neg, pos) of the MaxIoU assigner (Detectron2's
+                ``MODEL.RETINANET.IOU_THRESHOLDS``, official 0.4 / 0.5).
+            atss_topk: ATSS candidates per level. paa_*: PAA initial MaxIoU threshold, top-k per
+                level, GMM covariance regulariser, GIoU weight of the cost (spec §4).
+            score_voting, score_voting_sigma: PAA score voting at test time.
+            rank_delta: δ of aLRP / AP Loss. rs_delta: δ of RS Loss.
+            self_balance_init: initial aLRP SB weight (50).
+            self_balance_period: SB period in iterations; 0 derives one epoch from
+                ``train_datasets`` / ``ims_per_batch`` / ``filter_empty`` at the first training
+                step (so building the model for inference never loads the training set).
+            kwargs: arguments of Detectron2's :class:`RetinaNet`.
+        """
+        super().__init__(**kwargs)
+        if loss_type not in _LOSSES:
+            raise ValueError(f"MODEL.RANKING_RETINANET.LOSS must be one of {_LOSSES}, "
+                             f"got {loss_type!r}")
+        if assigner not in _ASSIGNERS:
+            raise ValueError(f"MODEL.RANKING_RETINANET.ASSIGNER must be one of {_ASSIGNERS}, "
+                             f"got {assigner!r}")
+        self.loss_type = loss_type
+        self.assigner = assigner
+        self.neg_iou_thr, self.pos_iou_thr = float(iou_thresholds[0]), float(iou_thresholds[-1])
+        self.atss_topk = atss_topk
+        self.paa_iou_thresh = paa_iou_thresh
+        self.paa_topk = paa_topk
+        self.paa_reg_covar = paa_reg_covar
+        self.paa_cost_giou_weight = paa_cost_giou_weight
+        self.score_voting = score_voting
+        self.score_voting_sigma = score_voting_sigma
+        self.rank_delta = rank_delta
+        self.rs_delta = rs_delta
+        self._period_source = (tuple(train_datasets), int(ims_per_batch), bool(filter_empty))
+        self.self_balance: Optional[ALRPSelfBalance] = None
+        if loss_type == "aLRP":
+            self.self_balance = ALRPSelfBalance(max(int(self_balance_period), 1),
+                                                init_weight=self_balance_init)
+        self._period_known = int(self_balance_period) > 0
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        backbone_shape = ret["backbone"].output_shape()
+        feature_shapes = [backbone_shape[f] for f in cfg.MODEL.RETINANET.IN_FEATURES]
+        ret["head"] = RankingRetinaNetHead(cfg, feature_shapes)
+        c = cfg.MODEL.RANKING_RETINANET
+        ret.update(
+            anchor_matcher=None,  # replaced by the batched mmdet rules (dense_assignment.py)
+            loss_type=c.LOSS,
+            assigner=c.ASSIGNER,
+            iou_thresholds=tuple(cfg.MODEL.RETINANET.IOU_THRESHOLDS),
+            atss_topk=c.ATSS_TOPK,
+            paa_iou_thresh=c.PAA_IOU_THRESH,
+            paa_topk=c.PAA_TOPK,
+            paa_reg_covar=c.PAA_REG_COVAR,
+            paa_cost_giou_weight=c.PAA_COST_GIOU_WEIGHT,
+            score_voting=c.SCORE_VOTING,
+            score_voting_sigma=c.SCORE_VOTING_SIGMA,
+            rank_delta=c.DELTA,
+            rs_delta=cfg.MODEL.RANK_LOSS.RS_DELTA,
+            self_balance_init=c.SELF_BALANCE_INIT,
+            self_balance_period=c.SELF_BALANCE_PERIOD,
+            train_datasets=tuple(cfg.DATASETS.TRAIN),
+            ims_per_batch=cfg.SOLVER.IMS_PER_BATCH,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+        )
+        return ret
+
+    # ------------------------------------------------------------------ training
+    def forward_training(self, images, features, predictions, gt_instances):
+        pred_logits, pred_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4])
+        anchors = self.anchor_generator(features)
+        valid = valid_anchor_mask(
+            [f.shape[-2:] for f in features], self.anchor_generator.strides,
+            self.anchor_generator.num_cell_anchors[0],
+            torch.as_tensor(images.image_sizes, device=self.device),
+            self.backbone.size_divisibility)
+        logits = cat(pred_logits, dim=1)  # (N, R, C)
+        deltas = cat(pred_deltas, dim=1)  # (N, R, 4)
+        gt_boxes, gt_classes = _gt_tables(gt_instances)
+        assigned, stats = self.assign(anchors, valid, gt_instances, logits, deltas)
+        return self.losses(anchors, logits, deltas, assigned, gt_boxes, gt_classes, stats)
+
+    @torch.no_grad()
+    def assign(self, anchors: List[Boxes], valid, gt_instances, logits, deltas):
+        """(N, R) int64 per-anchor GT index / ``NEGATIVE`` / ``IGNORED`` (dense_assignment.py)."""
+        gt_boxes = [x.gt_boxes.tensor for x in gt_instances]
+        stats = {}
+        if self.assigner == "max_iou":
+            assigned = max_iou_assign(Boxes.cat(anchors).tensor, gt_boxes, valid,
+                                      self.pos_iou_thr, self.neg_iou_thr, 0.0, True)
+        elif self.assigner == "atss":
+            assigned = atss_assign([a.tensor for a in anchors], gt_boxes, valid, self.atss_topk)
+        else:
+            assigned = max_iou_assign(Boxes.cat(anchors).tensor, gt_boxes, valid,
+                                      self.paa_iou_thresh, self.paa_iou_thresh, 0.0, True)
+            stats["paa_num_candidates"] = (assigned >= 0).sum() / len(gt_instances)
+            assigned = self.paa_reassign(anchors, assigned, gt_instances, logits, deltas)
+        return assigned, stats
+
+    @torch.no_grad()
+    def paa_reassign(self, anchors: List[Boxes], assigned, gt_instances, logits, deltas):
+        """PAA (spec §4): cost = Σ_c focal + w·GIoU loss of every initial positive, one batched
+        GMM call over all GTs of the batch (``matchers.paa_reassign``); rejected → negative."""
+        from rsloss_d2.modeling.matchers import paa_reassign  # issue 10 assigner work
+
+        img, anc = (assigned >= 0).nonzero(as_tuple=True)
+        if img.numel() == 0:
+            return assigned
+        boxes, classes = _gt_tables(gt_instances)
+        local = assigned[img, anc]
+        gt_box = boxes[img, local]
+        gt_cls = classes[img, local]
+        all_anchors = Boxes.cat(anchors).tensor
+        pred = self.box2box_transform.apply_deltas(deltas[img, anc].float(), all_anchors[anc])
+        pos_logits = logits[img, anc].float()
+        onehot = F.one_hot(gt_cls, self.num_classes).to(pos_logits.dtype)
+        cost = sigmoid_focal_loss(pos_logits, onehot, self.focal_loss_alpha,
+                                  self.focal_loss_gamma, reduction="none").sum(dim=1)
+        cost = cost + self.paa_cost_giou_weight * giou_loss(pred, gt_box)
+        # GT indices unique over the batch: image offset + local index
+        num_gt = boxes.shape[1]
+        level_of = torch.cat([torch.full((len(a),), i, dtype=torch.long, device=anc.device)
+                              for i, a in enumerate(anchors)])
+        keep = paa_reassign(cost, img * num_gt + local, level_of[anc], len(gt_instances) * num_gt,
+                            topk=self.paa_topk, reg_covar=self.paa_reg_covar)
+        out = assigned.clone()
+        out[img[~keep], anc[~keep]] = NEGATIVE
+        return out
+
+    def losses(self, anchors, logits, deltas, assigned, boxes, classes, stats=None):
+        """Labels from the assignment → the loss of ``self.loss_type`` (ranking_dense_losses.py).
+
+        Args:
+            anchors: L ``Boxes``. logits: (N, R, C). deltas: (N, R, 4).
+            assigned: (N, R) from :meth:`assign`.
+            boxes, classes: (N, G_max, 4) / (N, G_max) padded GT boxes and classes.
+        """
+        n, r, num_classes = logits.shape
+        flat = assigned.reshape(-1)
+        pos_inds = (flat >= 0).nonzero().squeeze(1)
+        img, anc = pos_inds // r, pos_inds % r
+        labels = torch.where(flat == IGNORED, -1, num_classes)
+        gt_box = boxes[img, flat[pos_inds]]
+        labels[pos_inds] = classes[img, flat[pos_inds]]
+        logits = logits.reshape(-1, num_classes)
+        pos_deltas = deltas.reshape(-1, 4)[pos_inds]
+        pos_anchors = Boxes.cat(anchors).tensor[anc]
+        if self.loss_type == "AP":
+            out = ap_dense_losses(logits, labels, pos_deltas,
+                                  self.box2box_transform.get_deltas(pos_anchors, gt_box),
+                                  delta=self.rank_delta, smooth_l1_beta=self.smooth_l1_beta)
+        else:
+            pred = self.box2box_transform.apply_deltas(pos_deltas, pos_anchors)
+            if self.loss_type == "aLRP":
+                self._ensure_period()
+                out = alrp_dense_losses(logits, labels, pred, gt_box, self.self_balance,
+                                        delta=self.rank_delta)
+            else:
+                out = rs_dense_losses(logits, labels, pred, gt_box, delta=self.rs_delta)
+        scalars = dict(stats or {})
+        scalars.update(out.stats)
+        scalars["num_pos_anchors"] = pos_inds.numel() / n
+        scalars["num_neg_anchors"] = (flat == NEGATIVE).sum() / n
+        put_scalars("dense/", scalars)
+        return out.losses
+
+    def _ensure_period(self):
+        """Derive the self-balance period (one epoch) at the first training step if not given."""
+        if self._period_known:
+            return
+        names, batch, filter_empty = self._period_source
+        if not names:
+            raise ValueError("aLRP self-balance: set MODEL.RANKING_RETINANET.SELF_BALANCE_PERIOD "
+                             "or DATASETS.TRAIN to derive it")
+        self.self_balance.period = self_balance_period(names, batch, filter_empty)
+        self._period_known = True
+        logger.info(f"aLRP self-balance period: {self.self_balance.period} iterations "
+                    f"(one epoch of {names} at {batch} images per iteration)")
+
+    # ------------------------------------------------------------------ inference
+    def inference_single_image(self, anchors: List[Boxes], box_cls: List[torch.Tensor],
+                               box_delta: List[torch.Tensor], image_size: Tuple[int, int]):
+        """mmdet dense-head test (spec §3, §4, §9): per level the ``TOPK_CANDIDATES_TEST`` anchors
+        of highest max class score, decode + clip, class-wise NMS on the (anchor, class) pairs
+        above the score threshold, top ``DETECTIONS_PER_IMAGE``; then PAA score voting if on.
+
+        Args:
+            anchors: L ``Boxes`` (A_l, 4). box_cls: L sigmoid scores (A_l, C).
+            box_delta: L deltas (A_l, 4). image_size: (h, w).
+        """
+        cand_boxes, cand_scores = [], []
+        for anchors_l, scores_l, deltas_l in zip(anchors, box_cls, box_delta):
+            anchors_l = anchors_l.tensor
+            if 0 < self.test_topk_candidates < scores_l.shape[0]:
+                top = scores_l.max(dim=1).values.topk(self.test_topk_candidates).indices
+                scores_l, deltas_l, anchors_l = scores_l[top], deltas_l[top], anchors_l[top]
+            cand_boxes.append(self.box2box_transform.apply_deltas(deltas_l, anchors_l))
+            cand_scores.append(scores_l)
+        boxes = Boxes(cat(cand_boxes))
+        boxes.clip(image_size)
+        scores = cat(cand_scores)
+        idx, cls = (scores > self.test_score_thresh).nonzero(as_tuple=True)
+        det_boxes, det_scores = boxes.tensor[idx], scores[idx, cls]
+        keep = batched_nms(det_boxes, det_scores, cls, self.test_nms_thresh)
+        keep = keep[: self.max_detections_per_image]
+        det_boxes, det_scores, cls = det_boxes[keep], det_scores[keep], cls[keep]
+        if self.score_voting and len(keep) > 0:
+            from rsloss_d2.modeling.matchers import score_voting
+
+            det_boxes = score_voting(det_boxes, cls, boxes.tensor, scores,
+                                     score_thr=self.test_score_thresh,
+                                     sigma=self.score_voting_sigma)
+        return Instances(image_size, pred_boxes=Boxes(det_boxes), scores=det_scores,
+                         pred_classes=cls)
