@@ -1,0 +1,155 @@
+"""Anchors, ground-truth preparation and anchor assignment of YOLACT / RS-YOLACT (spec models.md
+§7: mmdet ``AnchorGenerator`` with YOLACT's centres and ``MaxIoUAssigner``), batched over images.
+"""
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from detectron2.structures import BitMasks, Instances, PolygonMasks
+
+__all__ = ["yolact_anchors", "YOLACTTargets", "prepare_targets", "assign_anchors"]
+
+
+def yolact_anchors(feature_sizes: Sequence[Tuple[int, int]], input_size: int,
+                   base_sizes: Sequence[float], scale: float, ratios: Sequence[float],
+                   device=None) -> torch.Tensor:
+    """Anchors of all levels, (R, 4) XYXY in input pixels, ordered level, y, x, ratio.
+
+    Level l of size (H_l, W_l) has strides ``input_size / W_l`` (x) and ``input_size / H_l`` (y)
+    (550 / 69, ... as the official config) and centres ``(k + 0.5)·stride``; side
+    ``s = scale · base_sizes[l]``, ``w = s / √r``, ``h = s·√r`` for ratio ``r = h / w``.
+    """
+    out = []
+    r = torch.as_tensor(ratios, dtype=torch.float32, device=device)
+    for (fh, fw), base in zip(feature_sizes, base_sizes):
+        side = scale * base
+        ws, hs = side / torch.sqrt(r), side * torch.sqrt(r)  # (A,)
+        sx, sy = input_size / fw, input_size / fh
+        cx = (torch.arange(fw, dtype=torch.float32, device=device) + 0.5) * sx
+        cy = (torch.arange(fh, dtype=torch.float32, device=device) + 0.5) * sy
+        cy, cx = torch.meshgrid(cy, cx, indexing="ij")
+        cx, cy = cx.reshape(-1, 1), cy.reshape(-1, 1)  # (H·W, 1)
+        boxes = torch.stack([cx - 0.5 * ws, cy - 0.5 * hs, cx + 0.5 * ws, cy + 0.5 * hs], dim=-1)
+        out.append(boxes.reshape(-1, 4))
+    return torch.cat(out, 0)
+
+
+@dataclass
+class YOLACTTargets:
+    """Ground truth of a batch, padded to G objects per image (input-pixel coordinates)."""
+
+    boxes: torch.Tensor  # (B, G, 4) XYXY in the S×S input frame
+    classes: torch.Tensor  # (B, G) int64
+    valid: torch.Tensor  # (B, G) bool: real (not padding) objects
+    masks: torch.Tensor  # (B, G, H_p, W_p) float {0, 1}: GT masks at prototype resolution
+    semantic_masks: torch.Tensor  # (B, G, H_3, W_3) float {0, 1} at P3 resolution, or empty
+
+
+def _dense_masks(masks, height: int, width: int, device) -> torch.Tensor:
+    if isinstance(masks, PolygonMasks):
+        masks = BitMasks.from_polygon_masks(masks, height, width)
+    if isinstance(masks, BitMasks):
+        masks = masks.tensor
+    return masks.to(device=device, dtype=torch.float32)
+
+
+def _resize_binary(masks: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Bilinear (``align_corners=False``) resize of (G, H, W) {0,1} masks, then ``> 0.5``."""
+    if masks.shape[0] == 0:
+        return masks.new_zeros((0,) + tuple(size))
+    return (F.interpolate(masks[None], size=size, mode="bilinear", align_corners=False)[0]
+            > 0.5).float()
+
+
+def prepare_targets(gt_instances: List[Instances], image_sizes: List[Tuple[int, int]],
+                    input_size: int, mask_size: Tuple[int, int],
+                    semantic_size: Tuple[int, int] = None) -> YOLACTTargets:
+    """Scale every image's GT to the S×S input frame and pad to the batch's max object count.
+
+    Boxes are scaled by ``(S / w_i, S / h_i)``; masks (BitMasks / PolygonMasks at the image size
+    (h_i, w_i)) are resized bilinearly to the prototype size and binarised at 0.5 (official: GT
+    mask at 550² → 138² bilinear, > 0.5). The loop over images only converts the ragged
+    per-image inputs; everything after works on the padded tensors.
+    """
+    device = gt_instances[0].gt_boxes.device
+    num = max(len(x) for x in gt_instances)
+    b = len(gt_instances)
+    boxes = torch.zeros((b, num, 4), device=device)
+    classes = torch.zeros((b, num), dtype=torch.int64, device=device)
+    valid = torch.zeros((b, num), dtype=torch.bool, device=device)
+    masks = torch.zeros((b, num) + tuple(mask_size), device=device)
+    sem = torch.zeros((b, num) + tuple(semantic_size or (0, 0)), device=device)
+    for i, (inst, (h, w)) in enumerate(zip(gt_instances, image_sizes)):
+        g = len(inst)
+        if g == 0:
+            continue
+        scale = boxes.new_tensor([input_size / w, input_size / h] * 2)
+        boxes[i, :g] = inst.gt_boxes.tensor.to(boxes) * scale
+        classes[i, :g] = inst.gt_classes
+        valid[i, :g] = True
+        if inst.has("gt_masks"):
+            dense = _dense_masks(inst.gt_masks, h, w, device)
+            masks[i, :g] = _resize_binary(dense, mask_size)
+            if semantic_size is not None:
+                sem[i, :g] = _resize_binary(dense, semantic_size)
+    return YOLACTTargets(boxes, classes, valid, masks, sem)
+
+
+def pairwise_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(B, G, 4) × (R, 4) → (B, G, R) IoUs (mmdet ``bbox_overlaps``)."""
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    lt = torch.max(boxes1[..., :, None, :2], boxes2[None, None, :, :2])
+    rb = torch.min(boxes1[..., :, None, 2:], boxes2[None, None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area1[..., None] + area2[None, None] - inter).clamp(min=eps)
+
+
+def assign_anchors(anchors: torch.Tensor, targets: YOLACTTargets, neg_iou: float,
+                   pos_iou: float, min_pos_iou: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """mmdet ``MaxIoUAssigner`` (``gt_max_assign_all=False``, ``match_low_quality=True``) for all
+    images at once.
+
+    An anchor is negative if its max IoU over the image's GTs is in [0, neg_iou), positive (for
+    its best GT, first index on ties) if ≥ pos_iou; then each GT whose best IoU is ≥
+    ``min_pos_iou`` claims its best anchor (first on ties) whatever the IoU, later GTs
+    overwriting earlier ones. The rest (IoU in [neg_iou, pos_iou)) is ignored. An image without
+    GT: all negative.
+
+    Args:
+        anchors: (R, 4). targets: :class:`YOLACTTargets` with G objects per image.
+
+    Returns:
+        state (B, R) int64: 1 positive, 0 negative, −1 ignored;
+        matched (B, R) int64: GT index (in 0..G−1) of each positive (0 elsewhere).
+    """
+    b, g = targets.valid.shape
+    r = anchors.shape[0]
+    device = anchors.device
+    if g == 0:
+        zeros = torch.zeros((b, r), dtype=torch.int64, device=device)
+        return zeros, zeros.clone()
+    iou = pairwise_iou(targets.boxes, anchors)
+    iou = torch.where(targets.valid[..., None], iou, iou.new_full((), -1.0))
+    max_iou, argmax = iou.max(dim=1)  # (B, R): best GT of each anchor
+    state = torch.full((b, r), -1, dtype=torch.int64, device=device)
+    state[(max_iou >= 0) & (max_iou < neg_iou)] = 0
+    state[max_iou >= pos_iou] = 1
+    matched = argmax
+    # low-quality matches: GT j claims its best anchor; the highest j wins a shared anchor
+    gt_max, gt_argmax = iou.max(dim=2)  # (B, G)
+    claims = targets.valid & (gt_max >= min_pos_iou)
+    gt_ids = torch.arange(g, device=device).expand(b, g)
+    src = torch.where(claims, gt_ids, torch.full_like(gt_ids, -1))
+    claimed = torch.full((b, r), -1, dtype=torch.int64, device=device)
+    claimed.scatter_reduce_(1, gt_argmax, src, reduce="amax", include_self=True)
+    low = claimed >= 0
+    state = torch.where(low, torch.ones_like(state), state)
+    matched = torch.where(low, claimed, matched)
+    has_gt = targets.valid.any(dim=1, keepdim=True)
+    state = torch.where(has_gt, state, torch.zeros_like(state))
+    matched = torch.where(state == 1, matched, torch.zeros_like(matched))
+    return state, matched
