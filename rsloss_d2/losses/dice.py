@@ -25,8 +25,8 @@ def dice_coefficient(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3
     if pred.shape != target.shape:
         raise ValueError(f"dice: pred {tuple(pred.shape)} vs target {tuple(target.shape)}")
     dtype = torch.float64 if pred.dtype == torch.float64 else torch.float32
-    p = pred.reshape(pred.shape[0], -1).to(dtype)
-    m = target.reshape(target.shape[0], -1).to(dtype)
+    p = pred.flatten(1).to(dtype)
+    m = target.flatten(1).to(dtype)
     a = (p * m).sum(dim=1)
     b = (p * p).sum(dim=1) + eps
     c = (m * m).sum(dim=1) + eps
