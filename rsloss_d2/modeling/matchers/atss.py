@@ -40,16 +40,28 @@ def _level_candidates(anchor_ctr: torch.Tensor, gt_ctr: torch.Tensor, k: int) ->
     ``anchor_ctr`` (A_l, 2), ``gt_ctr`` (N, G, 2).
     """
     # Same arithmetic as mmdet: sqrt of the summed squared offsets (sqrt can merge distances).
-    dx = anchor_ctr[None, None, :, 0] - gt_ctr[..., 0:1]
-    dy = anchor_ctr[None, None, :, 1] - gt_ctr[..., 1:2]
-    dist = (dx.pow(2) + dy.pow(2)).sqrt()  # (N, G, A_l)
-    kth = dist.topk(k, dim=-1, largest=False).values[..., -1:]
-    below = dist < kth
-    tie = dist == kth
-    room = k - below.sum(-1, keepdim=True)
-    chosen = below | (tie & (tie.cumsum(-1, dtype=torch.int32) <= room))
-    # Exactly k entries are chosen: a top-k of the mask returns all of them.
-    idx = chosen.to(dist.dtype).topk(k, dim=-1).indices
+    ax, ay = anchor_ctr[:, 0].contiguous(), anchor_ctr[:, 1].contiguous()
+    dist = ax - gt_ctr[..., 0:1]
+    dy = ay - gt_ctr[..., 1:2]
+    dist.mul_(dist).add_(dy.mul_(dy)).sqrt_()  # (N, G, A_l), in place: the largest tensors here
+    del dy
+    a_l = dist.shape[-1]
+    vals, idx = dist.topk(min(k + 1, a_l), dim=-1, largest=False, sorted=True)
+    idx = idx[..., :k]
+    kth = vals[..., k - 1:k]
+    if a_l == k:
+        return idx.sort(dim=-1).values
+    # The chosen set is ambiguous only where the (k+1)-th distance equals the k-th (a tie at the
+    # k-th place); there torch.topk's choice is replaced by the lowest anchor indices.
+    amb = (vals[..., k] == vals[..., k - 1]).nonzero(as_tuple=True)
+    if amb[0].numel():
+        rows, kth_r = dist[amb], kth[amb]  # (R, A_l), (R, 1)
+        below = rows < kth_r
+        tie = rows == kth_r
+        room = k - below.sum(-1, keepdim=True)
+        chosen = below | (tie & (tie.cumsum(-1, dtype=torch.int32) <= room))
+        # Exactly k entries are chosen: a top-k of the mask returns all of them.
+        idx[amb] = chosen.to(rows.dtype).topk(k, dim=-1).indices
     return idx.sort(dim=-1).values
 
 

@@ -78,44 +78,34 @@ def gmm2_em_1d(x: torch.Tensor, valid: torch.Tensor, reg_covar: float = 1e-5,
     prec_chol = torch.ones((g, 2), dtype=torch.float64, device=x.device)
     lower_bound = torch.full((g,), -math.inf, dtype=torch.float64, device=x.device)
     n_iter = torch.zeros((g,), dtype=torch.long, device=x.device)
-    active = fit.clone()
     eps10 = 10 * torch.finfo(torch.float64).eps
-    n_safe = n.clamp(min=1)
-    for _ in range(max_iter):  # EM iterations (each row stops on its own)
-        if not bool(active.any()):  # one host read per iteration
+    # Only the rows still iterating are computed: gathered each iteration (most fits stop after
+    # ~10 iterations, a few run long), so the work is Σ_g n_iter(g), not G · max_g n_iter(g).
+    rows = fit.nonzero().squeeze(1)
+    for _ in range(max_iter):  # EM iterations; one host read each (the number of active rows)
+        if rows.numel() == 0:
             break
-        weighted = _weighted_log_prob(x, means, prec_chol, weights)
+        xa, va = x[rows], valid_f[rows]
+        weighted = _weighted_log_prob(xa, means[rows], prec_chol[rows], weights[rows])
         log_norm = _logsumexp2(weighted)
-        new_bound = (log_norm * valid_f).sum(1) / n_safe
-        resp = torch.exp(weighted - log_norm[..., None]) * valid_f[..., None]
+        new_bound = (log_norm * va).sum(1) / n[rows]
+        resp = torch.exp(weighted - log_norm[..., None]) * va[..., None]
         nk = resp.sum(1) + eps10
-        new_means = (resp * x[..., None]).sum(1) / nk
-        covar = (resp * (x * x)[..., None]).sum(1) / nk - new_means ** 2 + reg_covar
+        new_means = (resp * xa[..., None]).sum(1) / nk
+        covar = (resp * (xa * xa)[..., None]).sum(1) / nk - new_means ** 2 + reg_covar
         # sklearn raises on covar <= 0 (cannot happen with reg_covar > 0 and sane costs);
         # the clamp only keeps a pathological row finite.
-        new_prec_chol = 1.0 / covar.clamp(min=1e-300).sqrt()
-        new_weights = nk / nk.sum(1, keepdim=True)
-        upd = active[:, None]
-        means = torch.where(upd, new_means, means)
-        prec_chol = torch.where(upd, new_prec_chol, prec_chol)
-        weights = torch.where(upd, new_weights, weights)
-        converged = (new_bound - lower_bound).abs() < tol
-        lower_bound = torch.where(active, new_bound, lower_bound)
-        n_iter = n_iter + active.long()
-        active = active & ~converged
+        means[rows] = new_means
+        prec_chol[rows] = 1.0 / covar.clamp(min=1e-300).sqrt()
+        weights[rows] = nk / nk.sum(1, keepdim=True)
+        converged = (new_bound - lower_bound[rows]).abs() < tol
+        lower_bound[rows] = new_bound
+        n_iter[rows] += 1
+        rows = rows[~converged]
     weighted = _weighted_log_prob(x, means, prec_chol, weights)
     labels = (weighted[..., 1] > weighted[..., 0]).long()
     log_density = torch.where(valid & fit[:, None], _logsumexp2(weighted), -math.inf)
     return labels, log_density, n_iter
-
-
-def _stable_order(*keys: torch.Tensor) -> torch.Tensor:
-    """Permutation sorting lexicographically by keys (first key most significant), ties by
-    position."""
-    order = torch.argsort(keys[-1], stable=True)
-    for key in reversed(keys[:-1]):
-        order = order[torch.argsort(key[order], stable=True)]
-    return order
 
 
 def paa_reassign(costs: torch.Tensor, gt_inds: torch.Tensor, levels: torch.Tensor, num_gts: int,
@@ -140,21 +130,24 @@ def paa_reassign(costs: torch.Tensor, gt_inds: torch.Tensor, levels: torch.Tenso
     gt_inds = gt_inds.reshape(-1).long()
     levels = levels.reshape(-1).long()
     pos = torch.arange(m, device=costs.device)
+    # Unique integer sort keys: the cost's rank (ties: input order) under (GT, level) or GT.
+    rank = torch.empty_like(pos)
+    rank[torch.argsort(costs, stable=True)] = pos
+    group = gt_inds * (levels.max() + 1) + levels  # (GT, level) id, no host read
 
-    # 1. Per (GT, level) rank by cost (ties: input order); keep rank < topk.
-    order = _stable_order(gt_inds, levels, costs)
-    g_s, l_s = gt_inds[order], levels[order]
+    # 1. Per (GT, level) rank by cost; keep rank < topk.
+    order = torch.argsort(group * m + rank)
+    g_s = group[order]
     new_group = torch.ones(m, dtype=torch.bool, device=costs.device)
-    new_group[1:] = (g_s[1:] != g_s[:-1]) | (l_s[1:] != l_s[:-1])
+    new_group[1:] = g_s[1:] != g_s[:-1]
     group_start = torch.where(new_group, pos, 0).cummax(0).values
     in_topk = torch.zeros_like(keep)
     in_topk[order] = (pos - group_start) < topk
 
     # 2. Candidates of each GT in ascending cost, padded to (G, K).
     cand = in_topk.nonzero().squeeze(1)
+    cand = cand[torch.argsort(gt_inds[cand] * m + rank[cand])]
     c_cost, c_gt = costs[cand], gt_inds[cand]
-    order = _stable_order(c_gt, c_cost)
-    cand, c_cost, c_gt = cand[order], c_cost[order], c_gt[order]
     counts = torch.bincount(c_gt, minlength=num_gts)
     slot = torch.arange(len(cand), device=costs.device) - (counts.cumsum(0) - counts)[c_gt]
     k = int(counts.max())
