@@ -124,3 +124,7 @@ def test_batch_equals_single_images():
         assert torch.equal(out[i], atss_match(levels, g))
     assert (out[3] == -1).all()
     assert (atss_match_batch(levels, [torch.zeros((0, 4))] * 2) == -1).all()
+    # Detectron2 Boxes are accepted as well as tensors.
+    from detectron2.structures import Boxes
+
+    assert torch.equal(atss_match([Boxes(a) for a in levels], Boxes(gts[0])), out[0])

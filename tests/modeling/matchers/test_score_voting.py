@@ -55,3 +55,18 @@ def test_empty_and_isolated():
     assert torch.equal(score_voting(det, torch.tensor([0]), cands, scores), det)
     assert torch.equal(score_voting(det, torch.tensor([0]), torch.zeros((0, 4)),
                                     torch.zeros((0, 1))), det)
+
+
+def test_half_precision_and_degenerate_detection():
+    gen = torch.Generator().manual_seed(1)
+    xy = torch.rand((50, 2), generator=gen) * 100
+    cands = torch.cat([xy, xy + 20 + torch.rand((50, 2), generator=gen) * 20], 1)
+    scores = torch.rand((50, 3), generator=gen)
+    labels = torch.randint(0, 3, (10,), generator=gen)
+    out = score_voting(cands[:10], labels, cands, scores)
+    half = score_voting(cands[:10].half(), labels, cands.half(), scores.half())
+    assert half.dtype == torch.float16 and not torch.isnan(half).any()
+    torch.testing.assert_close(half.float(), out, rtol=0, atol=0.1)
+    # A zero-area detection overlaps nothing (IoU 0): it keeps its box.
+    det = torch.tensor([[30.0, 30.0, 30.0, 30.0]])
+    assert torch.equal(score_voting(det, torch.tensor([0]), cands, scores), det)
