@@ -142,8 +142,8 @@ def rs_atss_anchors(height: int, width: int, device) -> List[torch.Tensor]:
                                 torch.arange(w, device=device) * float(stride), indexing="ij")
         ctr = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)
         half = torch.tensor([4 * 2 ** (i / 3) * stride / 2 for i in range(3)], device=device)
-        out.append(torch.cat([ctr[:, None] - half[None, :, None], ctr[:, None] + half[None, :, None]],
-                             2).reshape(-1, 4))
+        lo, hi = ctr[:, None] - half[None, :, None], ctr[:, None] + half[None, :, None]
+        out.append(torch.cat([lo, hi], 2).reshape(-1, 4))
     return out
 
 
@@ -235,7 +235,8 @@ def make_voting_inputs(gen, num_dets=100, num_cands=5000, num_classes=80, device
     boxes = torch.cat([ctr - wh / 2, ctr + wh / 2], 1)
     obj_cls = torch.randint(0, num_classes, (150,), generator=gen)
     scores = torch.rand((num_cands, num_classes), generator=gen) ** 8 * 0.3
-    scores[torch.arange(num_cands), obj_cls[obj]] = torch.rand(num_cands, generator=gen) * 0.9 + 0.06
+    own = torch.rand(num_cands, generator=gen) * 0.9 + 0.06
+    scores[torch.arange(num_cands), obj_cls[obj]] = own
     det = torch.randperm(num_cands, generator=gen)[:num_dets]
     return (boxes[det].to(device), obj_cls[obj[det]].to(device), boxes.to(device),
             scores.to(device))

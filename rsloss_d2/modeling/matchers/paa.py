@@ -36,8 +36,10 @@ def _weighted_log_prob(x, means, prec_chol, weights):
     expanded as μ²p − 2xμp + x²p, plus log det of the precision Cholesky factor."""
     prec = prec_chol ** 2
     mp = (means * prec)[:, None, :]
-    quad = (means ** 2 * prec)[:, None, :] - 2.0 * (x[..., None] * mp) + (x * x)[..., None] * prec[:, None, :]
-    return -0.5 * (_LOG_2PI + quad) + torch.log(prec_chol)[:, None, :] + torch.log(weights)[:, None, :]
+    quad = ((means ** 2 * prec)[:, None, :] - 2.0 * (x[..., None] * mp)
+            + (x * x)[..., None] * prec[:, None, :])
+    log_det, log_w = torch.log(prec_chol)[:, None, :], torch.log(weights)[:, None, :]
+    return -0.5 * (_LOG_2PI + quad) + log_det + log_w
 
 
 def _logsumexp2(w):
@@ -56,7 +58,8 @@ def gmm2_em_1d(x: torch.Tensor, valid: torch.Tensor, reg_covar: float = 1e-5,
     an E-step (responsibilities and the lower bound = mean log-likelihood under the current
     parameters), then an M-step (n_k = Σ resp + 10·eps, μ_k, σ²_k = E[x²] − μ_k² + reg_covar,
     w_k = n_k / Σ n_k); the row stops once |Δ lower bound| < tol (its parameters of that M-step
-    are kept) or after ``max_iter`` iterations; a final E-step gives ``predict`` / ``score_samples``.
+    are kept) or after ``max_iter`` iterations; a final E-step gives ``predict`` and
+    ``score_samples``.
 
     Args:
         x: (G, K) samples (any float dtype; computed in float64, as sklearn).

@@ -57,8 +57,8 @@ def grid_anchors(size, stride, sizes, offset=0.0):
                             torch.arange(size, dtype=torch.float32), indexing="ij")
     ctr = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1) * stride + offset
     half = torch.tensor(sizes, dtype=torch.float32) / 2
-    boxes = torch.cat([ctr[:, None, :] - half[None, :, None], ctr[:, None, :] + half[None, :, None]],
-                      dim=2)
+    lo, hi = ctr[:, None, :] - half[None, :, None], ctr[:, None, :] + half[None, :, None]
+    boxes = torch.cat([lo, hi], dim=2)
     return boxes.reshape(-1, 4)
 
 

@@ -87,7 +87,8 @@ def _random_case(gen, num_gt):
     # 3 anchors per location (shared centres -> distance ties), integer GT corners sometimes
     # (ties between symmetric locations), duplicated GTs (IoU ties), a tiny and a huge GT.
     levels = [grid_anchors(16, 8, [32.0, 40.3, 50.8]), grid_anchors(8, 16, [64.0, 80.6, 101.6]),
-              grid_anchors(4, 32, [128.0, 161.3, 203.2]), grid_anchors(2, 64, [256.0, 322.5, 406.4]),
+              grid_anchors(4, 32, [128.0, 161.3, 203.2]),
+              grid_anchors(2, 64, [256.0, 322.5, 406.4]),
               grid_anchors(1, 128, [512.0, 645.1, 812.7])]
     xy = torch.rand((num_gt, 2), generator=gen) * 128
     wh = torch.rand((num_gt, 2), generator=gen) * 90 + 2

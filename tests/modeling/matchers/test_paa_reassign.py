@@ -16,7 +16,8 @@ def _rows(gen, num_rows, max_k=45):
     valid = torch.arange(max_k)[None, :] < sizes[:, None]
     for r in range(num_rows):
         n = int(sizes[r])
-        v = torch.where(torch.rand(n, generator=gen) < 0.4, 0.2 + 0.4 * torch.rand(n, generator=gen),
+        low = 0.2 + 0.4 * torch.rand(n, generator=gen)
+        v = torch.where(torch.rand(n, generator=gen) < 0.4, low,
                         0.9 + 2.0 * torch.rand(n, generator=gen)).double()
         if r % 7 == 3:
             v = (v * 4).round() / 4  # many exact ties
@@ -68,7 +69,7 @@ def test_two_candidates_collapse_to_one_each():
 def test_paa_reassign_hand_made_rules():
     # GT 0: one candidate -> no positive (GMM needs 2). GT 1: none. GT 2: 12 candidates on one
     # level: only the 9 cheapest enter the fit, so the 3 most expensive are dropped in any case.
-    costs = torch.tensor([0.5] + [0.10, 0.11, 0.12, 0.13, 2.0, 2.1, 2.2, 2.3, 2.4, 0.05, 0.06, 0.07])
+    costs = torch.tensor([0.5, 0.10, 0.11, 0.12, 0.13, 2.0, 2.1, 2.2, 2.3, 2.4, 0.05, 0.06, 0.07])
     gts = torch.tensor([0] + [2] * 12)
     lvls = torch.tensor([0] + [1] * 12)
     keep = paa_reassign(costs, gts, lvls, num_gts=3)

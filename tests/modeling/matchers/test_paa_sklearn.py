@@ -31,7 +31,8 @@ def test_batched_em_equals_sklearn():
     sizes[:2] = 2
     x = torch.zeros((40, 45), dtype=torch.float64)
     for r, n in enumerate(sizes.tolist()):
-        v = torch.where(torch.rand(n, generator=gen) < 0.4, 0.2 + 0.4 * torch.rand(n, generator=gen),
+        low = 0.2 + 0.4 * torch.rand(n, generator=gen)
+        v = torch.where(torch.rand(n, generator=gen) < 0.4, low,
                         0.9 + 2.0 * torch.rand(n, generator=gen)).double()
         if r % 5 == 4:
             v = (v * 4).round() / 4
