@@ -132,3 +132,72 @@ def test_images_without_gt():
     with EventStorage(0):
         losses = rpn.losses(anchors, logits, labels, deltas, matched)
     assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_rpn_rank"] > 0
+
+
+def _rpn_with(opts):
+    cfg = rs_cfg("rs_faster_rcnn_R_18_FPN_quick.yaml", opts)
+    shapes = {k: ShapeSpec(channels=8, stride=s) for k, s in STRIDES.items()}
+    return RSRPN(cfg, shapes)
+
+
+def _mmdet_labels(iou, usable, pos=0.7, neg=0.3, min_pos=0.3):
+    """mmdet MaxIoUAssigner on the usable anchors only (the others removed before matching,
+    then ignored), written as its loops: (R,) labels 1 / 0 / -1."""
+    num_gt, num_anchors = iou.shape
+    labels = torch.full((num_anchors,), -1, dtype=torch.int64)
+    cols = [j for j in range(num_anchors) if usable[j]]
+    for j in cols:
+        best = max(iou[g, j].item() for g in range(num_gt))
+        labels[j] = 1 if best >= pos else (0 if best < neg else -1)
+    for g in range(num_gt):
+        gt_best = max(iou[g, j].item() for j in cols)
+        if gt_best >= min_pos:
+            for j in cols:
+                if iou[g, j].item() == gt_best:
+                    labels[j] = 1
+    return labels
+
+
+def test_border_gt_keeps_its_best_inside_anchor():
+    """BOUNDARY_THRESH 0 (official cascade): outside anchors are removed before matching, so a
+    GT whose best anchor crosses the border gets its best inside anchor (mmdet); matching all
+    anchors first (Detectron2's RPN) leaves this GT with no positive at all."""
+    from detectron2.modeling.proposal_generator.rpn import RPN
+
+    rpn = _rpn_with(["MODEL.RPN.BOUNDARY_THRESH", "0"])
+    gts = [_gt([[1, 1, 9, 40]])]
+    anchors = rpn.anchor_generator(_features(1))
+    labels, matched = rpn.label_and_sample_anchors(anchors, gts)
+    old, _ = RPN.label_and_sample_anchors(rpn, anchors, gts)
+    assert (old[0] == 1).sum() == 0  # the case the fix is about
+    all_anchors = Boxes.cat(anchors)
+    inside = all_anchors.inside_box((SIZE, SIZE), 0)
+    want = _mmdet_labels(pairwise_iou(gts[0].gt_boxes, all_anchors), inside)
+    assert torch.equal(labels[0].long(), want)
+    assert (labels[0] == 1).sum() > 0 and inside[labels[0] == 1].all()
+    assert (labels[0][~inside] == -1).all()
+
+
+def test_anchors_in_batch_padding_are_ignored():
+    """An image of 20 x 20 in a 64 x 64 batch: padded alone it is 32 x 32, so every anchor whose
+    cell lies beyond 32 px is invalid (ignored, -1), not a negative; the other image is full."""
+    rpn = _rpn_with([])
+    small = Instances((20, 20))
+    small.gt_boxes = Boxes(torch.tensor([[2.0, 3.0, 18.0, 17.0]]))
+    small.gt_classes = torch.zeros(1, dtype=torch.int64)
+    gts = [small, _gt([[4, 4, 36, 36]])]
+    anchors = rpn.anchor_generator(_features(2))
+    labels, _ = rpn.label_and_sample_anchors(anchors, gts)
+    centres = Boxes.cat(anchors).get_centers()
+    strides = torch.cat([torch.full((len(a),), float(s)) for a, s in zip(anchors, STRIDES.values())])
+    cell_end = torch.ceil(32 / strides) * strides  # first cell beyond the padded-alone image
+    in_padding = (centres >= cell_end[:, None]).any(dim=1)
+    assert in_padding.any() and (~in_padding).any()
+    assert (labels[0][in_padding] == -1).all()
+    assert ((labels[0][~in_padding] == 0).sum() > 0) and (labels[0] == 1).any()
+    want = _mmdet_labels(pairwise_iou(small.gt_boxes, Boxes.cat(anchors)), ~in_padding)
+    assert torch.equal(labels[0].long(), want)
+    # the full-size image (64 = a multiple of 32) has no invalid anchor
+    full = torch.ones(len(centres), dtype=torch.bool)
+    assert torch.equal(labels[1].long(), _mmdet_labels(
+        pairwise_iou(gts[1].gt_boxes, Boxes.cat(anchors)), full))

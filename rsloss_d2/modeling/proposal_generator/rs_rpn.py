@@ -11,27 +11,60 @@ Official counterpart: ``RankBasedRPNHead`` of kemaloksuz/RankSortLoss
   sorting target of a positive is the IoU of its (detached) decoded box with its GT;
 * box regression: GIoU loss of the decoded boxes, averaged with the positives' sigmoid scores as
   weights and value-balanced (``λ = (L_rank + L_sort) / L_box``), no hand-tuned weight;
-* all three losses are multiplied by ``head_weight`` (``MODEL.RS_RPN.HEAD_WEIGHT``, 0.2).
+* all three losses are multiplied by ``head_weight`` (``MODEL.RS_RPN.HEAD_WEIGHT``, 0.2);
+* assignment as mmdet's: anchors that cross the border (``BOUNDARY_THRESH`` ≥ 0) are removed
+  **before** matching, so a GT whose best anchor crosses the border still gets its best inside
+  anchor (Detectron2 matches all anchors and drops the outside ones afterwards, leaving such a
+  GT without positive); anchors of cells in the batch padding (beyond the image padded alone to
+  a multiple of 32, mmdet's ``valid_flags``) are ignored, not negatives.
 
 The official box coder uses stds [0.1, 0.1, 0.2, 0.2] and decodes w.r.t. a unit box; decoding
 w.r.t. the anchor gives the same IoU / GIoU, so Detectron2's ``Box2BoxTransform`` with
 ``MODEL.RPN.BBOX_REG_WEIGHTS = (10, 10, 5, 5)`` (the RS configs set it) is used. Proposal
 generation (per-level top-k, per-level NMS 0.7, post-NMS top-k) is Detectron2's, unchanged.
 """
-from typing import Dict, List
+import math
+from typing import Dict, List, Tuple
 
 import torch
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling.proposal_generator.build import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.modeling.proposal_generator.rpn import RPN
-from detectron2.structures import Boxes
+from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from ..box_losses import rs_detection_losses
 from ..events import put_scalars
 from .max_iou_matcher import MaxIoUMatcher
 
-__all__ = ["RSRPN"]
+__all__ = ["RSRPN", "anchors_in_own_padding"]
+
+# mmdet pads each image alone to a multiple of 32 (``Pad(size_divisor=32)``) before batching;
+# anchor cells beyond that are batch padding (invalid in the official heads)
+OFFICIAL_PAD_DIVISOR = 32
+
+
+def anchors_in_own_padding(anchors: List[Boxes], strides: List[int], offset: float,
+                           image_size: Tuple[int, int], pad_divisor: int = OFFICIAL_PAD_DIVISOR
+                           ) -> torch.Tensor:
+    """mmdet ``valid_flags`` from the anchor centres: True for the anchors whose grid cell lies
+    inside the image padded alone to a multiple of `pad_divisor`.
+
+    Args:
+        anchors: L Boxes (H_l·W_l·A, 4), Detectron2's anchors of one batch (cell (x, y) of level
+            l has its anchors centred at ((x + offset)·s_l, (y + offset)·s_l)).
+        strides: s_l of every level; offset: Detectron2's anchor offset.
+        image_size: (h, w) of the image before padding.
+    Returns:
+        (Σ_l H_l·W_l·A,) bool.
+    """
+    h, w = (math.ceil(v / pad_divisor) * pad_divisor for v in image_size)
+    valid = []
+    for boxes, s in zip(anchors, strides):
+        centres = boxes.get_centers() / s - offset  # (R_l, 2) cell index (x, y), integral
+        cells = torch.round(centres)
+        valid.append((cells[:, 0] < math.ceil(w / s)) & (cells[:, 1] < math.ceil(h / s)))
+    return torch.cat(valid)
 
 
 @PROPOSAL_GENERATOR_REGISTRY.register()
@@ -75,6 +108,33 @@ class RSRPN(RPN):
     def _subsample_labels(self, label: torch.Tensor) -> torch.Tensor:
         """No sampling (official ``PseudoSampler``): every assigned anchor is used."""
         return label
+
+    @torch.jit.unused
+    @torch.no_grad()
+    def label_and_sample_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
+        """Detectron2's per-image labelling with the official anchor validity (module doc).
+
+        Returns:
+            N label tensors (R,) in {1, 0, −1} and N matched-GT-box tensors (R, 4).
+        """
+        strides = self.anchor_generator.strides
+        offset = self.anchor_generator.offset
+        all_anchors = Boxes.cat(anchors)
+        gt_labels, matched_gt_boxes = [], []
+        for inst in gt_instances:  # one (G, R) IoU matrix per image, as Detectron2's RPN
+            usable = anchors_in_own_padding(anchors, strides, offset, inst.image_size)
+            if self.anchor_boundary_thresh >= 0:
+                usable &= all_anchors.inside_box(inst.image_size, self.anchor_boundary_thresh)
+            gt_boxes = inst.gt_boxes.to(all_anchors.device)
+            # unusable anchors take no part in matching: IoU 0 is below every threshold and
+            # below min_pos_iou, so they are never a GT's best match (mmdet removes them)
+            iou = pairwise_iou(gt_boxes, all_anchors) * usable
+            matched_idxs, labels = self.anchor_matcher(iou)
+            labels = labels.to(device=gt_boxes.device).masked_fill(~usable, -1)
+            gt_labels.append(labels)
+            matched_gt_boxes.append(gt_boxes[matched_idxs].tensor if len(gt_boxes)
+                                    else torch.zeros_like(all_anchors.tensor))
+        return gt_labels, matched_gt_boxes
 
     @torch.jit.unused
     def losses(
