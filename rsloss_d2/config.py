@@ -20,6 +20,22 @@ def add_rsloss_config(cfg):
     _C.TEST.OLRP.TAU = 0.5
     # Print the per-class LRP-optimal thresholds and save them to lrp_optimal_thresholds.json.
     _C.TEST.OLRP.SAVE_THRESHOLDS = True
+    # Name of a reference model whose results (TEST.BASELINE_RESULTS) are printed beside this
+    # run's after the final evaluation, e.g. the standard model of a ranking-loss config.
+    _C.TEST.BASELINE_NAME = ""
+    # Its results as "metric=value" pairs separated by commas, e.g. "bbox/AP=52.6,segm/AP=55.0".
+    _C.TEST.BASELINE_RESULTS = ""
+
+    # ---------------------------------------------------------------- datasets
+    # Stop before training when the head's NUM_CLASSES differs from the number of categories of
+    # the training set (test sets with --eval-only); False lets a run that means it proceed.
+    _C.DATASETS.CHECK_NUM_CLASSES = True
+
+    # ---------------------------------------------------------------- scaling out
+    # Images per process the config's numbers (lr, ranking statistics) were made for: ranking
+    # losses rank within each process's images, so tools/train_net.py warns when a run's images
+    # per process differ (0: not recorded). Paper configs: 4 (4 GPUs x 4 images).
+    _C.SOLVER.REFERENCE_IMS_PER_PROCESS = 0
 
     # ---------------------------------------------------------------- ranking losses
     _C.MODEL.RANK_LOSS = CN()

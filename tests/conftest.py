@@ -1,5 +1,7 @@
-"""Shared fixtures: a small generated dataset root and one short real training + evaluation
-through tools/train_net.py, reused by the end-to-end tests (train, eval-only, demo, plots, oLRP)."""
+"""Shared fixtures: a small generated dataset root, a "foreign" COCO-format set (as a researcher's
+own exporter writes it, see tests/data/foreign_coco.py) and one short real training + evaluation of
+the README's main job on it through tools/train_net.py --dataset, reused by the end-to-end tests
+(train, eval-only, demo, plots, oLRP)."""
 import json
 import os
 import re
@@ -10,7 +12,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
-QUICK_CONFIG = os.path.join(REPO, "configs", "shapes", "mask_rcnn_R_18_FPN_quick.yaml")
+# the README's main job: RS-Mask R-CNN on `shapes`
+QUICK_CONFIG = os.path.join(REPO, "configs", "shapes", "rs_mask_rcnn_R_18_FPN_quick.yaml")
 
 # The short schedule used by the end-to-end tests (the README's main job runs 650 iterations).
 E2E_OVERRIDES = [
@@ -64,12 +67,27 @@ def shapes_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def quick_run(shapes_root, tmp_path_factory):
-    """One short real training + evaluation of the quick Mask R-CNN config on `shapes`."""
+def foreign_coco(tmp_path_factory):
+    """The foreign COCO-format set (80 train / 16 val images) and its `--dataset` arguments
+    (registered as `foreign_train` / `foreign_val`)."""
+    from foreign_coco import make_foreign_coco
+
+    paths = make_foreign_coco(str(tmp_path_factory.mktemp("foreign")))
+    paths["dataset_args"] = ["--dataset", "foreign_train", paths["train"], paths["images"],
+                             "--dataset", "foreign_val", paths["val"], paths["images"]]
+    paths["opts"] = ["DATASETS.TRAIN", "('foreign_train',)", "DATASETS.TEST", "('foreign_val',)"]
+    return paths
+
+
+@pytest.fixture(scope="session")
+def quick_run(foreign_coco, tmp_path_factory):
+    """One short real training + evaluation of the main job's config (RS-Mask R-CNN) on the
+    foreign COCO set, registered with `tools/train_net.py --dataset`."""
     out = str(tmp_path_factory.mktemp("quick_run"))
-    proc = run_train_net(["--config-file", QUICK_CONFIG, "OUTPUT_DIR", out] + E2E_OVERRIDES,
-                         shapes_root)
+    proc = run_train_net(foreign_coco["dataset_args"] + ["--config-file", QUICK_CONFIG,
+                         "OUTPUT_DIR", out] + foreign_coco["opts"] + E2E_OVERRIDES,
+                         str(tmp_path_factory.mktemp("no_datasets")))
     metrics = read_metrics(out)
     final = [m for m in metrics if "bbox/AP" in m][-1]
     return {"output_dir": out, "log": proc.stdout, "metrics": metrics, "final": final,
-            "datasets_root": shapes_root}
+            "foreign": foreign_coco}

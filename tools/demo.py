@@ -8,6 +8,8 @@ Detectron2's `Visualizer`.
 
 The predictions are those of evaluation (same model, same `MODEL.ROI_HEADS.SCORE_THRESH_TEST`
 and activation); `--confidence-threshold` additionally hides drawn predictions below it.
+Class names come from the first `--dataset NAME JSON IMAGE_DIR` (a COCO- or LVIS-format set,
+registered as by `tools/train_net.py --dataset`), else from `DATASETS.TEST[0]`.
 """
 import argparse
 import glob
@@ -26,6 +28,7 @@ from detectron2.engine import DefaultPredictor  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 
 from rsloss_d2 import add_rsloss_config  # noqa: E402
+from rsloss_d2.data.user_datasets import register_from_args  # noqa: E402
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -76,15 +79,23 @@ def get_parser():
     p.add_argument("--class-thresholds", default=None, metavar="JSON",
                    help="per-class score thresholds (e.g. the LRP-optimal ones saved by evaluation)"
                         " used instead of --confidence-threshold")
+    p.add_argument("--dataset", nargs=3, action="append", default=[],
+                   metavar=("NAME", "JSON", "IMAGE_DIR"),
+                   help="register a COCO- or LVIS-format dataset (as train_net.py --dataset); the "
+                        "first one gives the class names")
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
     return p
 
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    register_from_args(args.dataset)
     cfg = setup_cfg(args)
     predictor = DefaultPredictor(cfg)
-    dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
+    if args.dataset:
+        dataset = args.dataset[0][0]
+    else:
+        dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
     metadata = MetadataCatalog.get(dataset)
     class_thresholds = None
     if args.class_thresholds:

@@ -6,12 +6,22 @@ datasets and evaluators.
     python tools/train_net.py --config-file X --num-gpus 8 SOLVER.IMS_PER_BATCH 16
     python tools/train_net.py --config-file X --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config-file X --resume      # continue from OUTPUT_DIR/last_checkpoint
+    python tools/train_net.py --dataset my_train a/train.json a/images \
+        --dataset my_val a/val.json a/images --config-file X \
+        DATASETS.TRAIN "('my_train',)" DATASETS.TEST "('my_val',)" MODEL.ROI_HEADS.NUM_CLASSES 4
+
+`--dataset NAME JSON IMAGE_DIR` (repeatable) registers a COCO- or LVIS-format dataset (the format
+is recognised from the json). Everything that can be checked before training is checked before
+any process starts and ends with one `train_net.py: error: ...` line: unknown config keys,
+missing files, malformed annotation files, NUM_CLASSES differing from the training set's number
+of categories (rsloss_d2/data/config_checks.py). RLE masks switch INPUT.MASK_FORMAT to bitmask.
 
 Without a GPU (MODEL.DEVICE cpu), `--num-gpus N` starts N CPU processes that train with
 DistributedDataParallel over gloo.
 """
 import logging
 import os
+import shlex
 import sys
 import weakref
 
@@ -37,7 +47,13 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from rsloss_d2 import add_rsloss_config  # noqa: E402
 from rsloss_d2.data import DatasetFileError, check_dataset_files  # noqa: E402
-from rsloss_d2.evaluation.build import build_evaluator  # noqa: E402
+from rsloss_d2.data.config_checks import ConfigDataError, check_config_against_data  # noqa: E402
+from rsloss_d2.data.user_datasets import DatasetFormatError, register_from_args  # noqa: E402
+from rsloss_d2.engine import TrainingAutocast  # noqa: E402
+from rsloss_d2.evaluation.build import build_evaluator, format_baseline_comparison  # noqa: E402
+
+# errors found before any process starts: printed as one `train_net.py: error:` line
+SETUP_ERRORS = (KeyError, DatasetFileError, DatasetFormatError, ConfigDataError)
 
 
 class Trainer(DefaultTrainer):
@@ -60,9 +76,12 @@ class Trainer(DefaultTrainer):
         on_cpu = next(model.parameters()).device.type == "cpu"
         model = create_ddp_model(model, broadcast_buffers=False,
                                  **({"device_ids": None} if on_cpu else {}))
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
+        if cfg.SOLVER.AMP.ENABLED and not on_cpu:  # fp16 + gradient scaling (CUDA only)
+            self._trainer = AMPTrainer(model, data_loader, optimizer)
+        elif cfg.SOLVER.AMP.ENABLED:  # CPU: bf16 autocast of the forward, SimpleTrainer's loop
+            self._trainer = SimpleTrainer(TrainingAutocast(model), data_loader, optimizer)
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
@@ -73,6 +92,37 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    def train(self):
+        # model_final.pth is written by the checkpointer hook at the last step, before the final
+        # evaluation (which runs in after_train): if the evaluation fails, say how to redo it
+        try:
+            super().train()
+        except Exception:
+            final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
+            if self.iter >= self.max_iter and os.path.isfile(final):
+                logging.getLogger("detectron2").error(
+                    f"Training finished and the model is saved in {final}, but the evaluation "
+                    f"failed (traceback below). Re-run only the evaluation with:\n  "
+                    f"{getattr(self, 'eval_only_command', '--eval-only MODEL.WEIGHTS ' + final)}")
+            raise
+        results = getattr(self, "_last_eval_results", None)
+        if comm.is_main_process() and results:
+            comparison = format_baseline_comparison(self.cfg, results)
+            if comparison:
+                logging.getLogger("detectron2").info(comparison)
+        return results
+
+
+def eval_only_command(args, weights):
+    """The command line that evaluates `weights` with the same config, datasets and options."""
+    cmd = ["python", "tools/train_net.py", "--config-file", args.config_file]
+    for triple in getattr(args, "dataset", None) or []:
+        cmd += ["--dataset", *triple]
+    if args.num_gpus != 1:
+        cmd += ["--num-gpus", str(args.num_gpus)]
+    cmd += ["--eval-only", *args.opts, "MODEL.WEIGHTS", weights]
+    return " ".join(shlex.quote(str(c)) for c in cmd)
 
 
 def build_cfg(args):
@@ -97,7 +147,49 @@ def build_cfg(args):
     return cfg
 
 
+def register_datasets(args):
+    """Register the `--dataset` triples (checked up front by `check_before_launch`, whose
+    summaries travel with `args` so that the json is not read again); {name: summary}."""
+    return register_from_args(getattr(args, "dataset", None),
+                              getattr(args, "dataset_summaries", None))
+
+
+def check_before_launch(args):
+    """Everything that can fail before training, in the launching process: registers and checks
+    the `--dataset` files, builds the config, checks it against the data. Stores the results on
+    `args` (the datasets' summaries; config changes such as the mask format as extra opts)."""
+    summaries = register_datasets(args)
+    cfg = build_cfg(args)
+    extra_opts, messages = check_config_against_data(cfg, summaries, eval_only=args.eval_only)
+    for message in messages:
+        print(f"train_net.py: {message}", flush=True)
+    warning = images_per_process_warning(cfg, args.num_gpus * args.num_machines)
+    if warning:
+        print(f"train_net.py: warning: {warning}", flush=True)
+    args.dataset_summaries = summaries
+    args.opts = list(args.opts) + extra_opts
+    return cfg
+
+
+def images_per_process_warning(cfg, world_size):
+    """One line if the run's images per process (after Detectron2's auto-scaling by
+    SOLVER.REFERENCE_WORLD_SIZE) differ from the config's SOLVER.REFERENCE_IMS_PER_PROCESS."""
+    reference = cfg.SOLVER.REFERENCE_IMS_PER_PROCESS
+    if not reference:
+        return None
+    scaled = DefaultTrainer.auto_scale_workers(cfg, world_size).SOLVER.IMS_PER_BATCH
+    per_process = scaled / world_size
+    if per_process == reference:
+        return None
+    return (f"{per_process:g} images per process (SOLVER.IMS_PER_BATCH {scaled} over {world_size} "
+            f"processes), but this config was made for {reference}: ranking losses rank within "
+            f"each process's images. Keep {reference} per process (SOLVER.REFERENCE_WORLD_SIZE "
+            f"scales IMS_PER_BATCH, BASE_LR and the schedule for you), or scale BASE_LR linearly "
+            f"with the total batch (README, 'Several GPUs').")
+
+
 def setup(args):
+    register_datasets(args)
     cfg = build_cfg(args)
     default_setup(cfg, args)
     return cfg
@@ -115,16 +207,28 @@ def main(args):
             verify_results(cfg, res)
         return res
     trainer = Trainer(cfg)
+    trainer.eval_only_command = eval_only_command(
+        args, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
+def argument_parser():
+    """Detectron2's parser plus `--dataset NAME JSON IMAGE_DIR` (before the KEY VALUE opts)."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_DIR"),
+        help="register a COCO- or LVIS-format dataset under NAME (repeatable); use it with "
+             "DATASETS.TRAIN / DATASETS.TEST")
+    return parser
+
+
 def invoke_main():
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
     try:  # fail before starting any process, with the message alone
-        build_cfg(args)
-    except (KeyError, DatasetFileError) as e:
+        check_before_launch(args)
+    except SETUP_ERRORS as e:
         sys.exit(f"train_net.py: error: {e.args[0] if e.args else e}")
     launch(
         main,

@@ -56,10 +56,12 @@ def format_baseline_comparison(cfg, results):
     first = next(iter(results.values()))
     if isinstance(first, dict) and all(isinstance(v, dict) for v in first.values()):
         results = first  # {dataset: {task: ...}} -> {task: ...}
-    lines = [f"{'metric':<12} {'this run':>9} {cfg.TEST.BASELINE_NAME or 'baseline':>20}"]
+    name = cfg.TEST.BASELINE_NAME or "baseline"
+    width = max(len(name), 9)
+    lines = [f"{'metric':<12} {'this run':>9}  {name:>{width}}"]
     for item in spec.split(","):
         key, value = (p.strip() for p in item.split("="))
         task, metric = key.split("/")
         ours = results.get(task, {}).get(metric, float("nan"))
-        lines.append(f"{key:<12} {ours:>9.1f} {float(value):>20.1f}")
+        lines.append(f"{key:<12} {ours:>9.1f}  {float(value):>{width}.1f}")
     return "Comparison with the baseline (same data and schedule):\n" + "\n".join(lines)

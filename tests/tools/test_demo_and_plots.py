@@ -18,15 +18,31 @@ def _load_tool(name):
     return mod
 
 
+def _val_images(quick_run):
+    """(image id, path) of the foreign validation images, in json order; all 16 are in
+    nested folders, a mix of JPEG, colour PNG and grayscale PNG."""
+    foreign = quick_run["foreign"]
+    with open(foreign["val"]) as f:
+        images = json.load(f)["images"]
+    return [(im["id"], os.path.join(foreign["images"], im["file_name"])) for im in images]
+
+
 def test_demo_writes_drawn_pngs_matching_eval_predictions(quick_run, tmp_path):
     demo = _load_tool("demo")
-    val_dir = os.path.join(quick_run["datasets_root"], "shapes", "val")
+    foreign = quick_run["foreign"]
+    val = _val_images(quick_run)
     weights = os.path.join(quick_run["output_dir"], "model_final.pth")
     out = tmp_path / "demo"
-    written = demo.main(["--config-file", QUICK_CONFIG, "--input", val_dir, "--output", str(out),
-                         "--opts", "MODEL.WEIGHTS", weights])
+    written = demo.main(["--config-file", QUICK_CONFIG, "--input"] + [p for _, p in val]
+                        + ["--output", str(out), "--dataset", "foreign_val", foreign["val"],
+                           foreign["images"], "--opts", "MODEL.WEIGHTS", weights])
     assert len(written) == 16
-    src = cv2.imread(os.path.join(val_dir, "000001.jpg"))
+    # the class names drawn are the dataset's (registered through --dataset)
+    from detectron2.data import MetadataCatalog
+
+    assert MetadataCatalog.get("foreign_val").thing_classes[0] == "thing_3"
+    first_id, first_path = val[0]
+    src = cv2.imread(first_path)
     drawn = cv2.imread(written[0])
     assert drawn.shape[:2] == (2 * src.shape[0], 2 * src.shape[1])  # Visualizer scale 2
     plain = cv2.resize(src, drawn.shape[1::-1])
@@ -44,7 +60,7 @@ def test_demo_writes_drawn_pngs_matching_eval_predictions(quick_run, tmp_path):
     (res_path,) = glob.glob(os.path.join(quick_run["output_dir"], "inference", "**",
                                          "coco_instances_results.json"), recursive=True)
     with open(res_path) as f:
-        eval_dets = [d for d in json.load(f) if d["image_id"] == 1]
+        eval_dets = [d for d in json.load(f) if d["image_id"] == first_id]
     assert len(eval_dets) == len(pred) > 0
     assert sorted(d["score"] for d in eval_dets) == pytest.approx(sorted(pred.scores.tolist()), abs=1e-5)
 
@@ -79,16 +95,16 @@ def test_demo_with_lrp_optimal_class_thresholds(quick_run, tmp_path):
     thresholds = load_class_thresholds(thr_json)
     assert thresholds and all(0 <= t <= 1 for t in thresholds.values())
     weights = os.path.join(quick_run["output_dir"], "model_final.pth")
-    val_dir = os.path.join(quick_run["datasets_root"], "shapes", "val")
-    args = ["--config-file", QUICK_CONFIG, "--input", val_dir, "--output", str(tmp_path),
-            "--opts", "MODEL.WEIGHTS", weights]
+    val = [p for _, p in _val_images(quick_run)]
+    args = ["--config-file", QUICK_CONFIG, "--input"] + val + [
+        "--output", str(tmp_path), "--opts", "MODEL.WEIGHTS", weights]
     from detectron2.engine import DefaultPredictor
 
     cfg = demo.setup_cfg(demo.get_parser().parse_args(args))
     predictor = DefaultPredictor(cfg)
     kept_total, all_total = 0, 0
-    for name in sorted(os.listdir(val_dir))[:6]:
-        inst = predictor(cv2.imread(os.path.join(val_dir, name)))["instances"].to("cpu")
+    for path in val[:6]:
+        inst = predictor(cv2.imread(path))["instances"].to("cpu")
         kept = demo.filter_predictions(inst, 0.0, thresholds)
         for c, s in zip(kept.pred_classes.tolist(), kept.scores.tolist()):
             assert s >= thresholds.get(c, 0.0)
@@ -98,6 +114,7 @@ def test_demo_with_lrp_optimal_class_thresholds(quick_run, tmp_path):
         assert len(kept) == expect
         kept_total, all_total = kept_total + len(kept), all_total + len(inst)
     assert kept_total < all_total  # the thresholds do remove low-scoring predictions
-    written = demo.main(args[:4] + ["--output", str(tmp_path / "thr"), "--class-thresholds",
-                                    thr_json] + args[6:])
+    written = demo.main(["--config-file", QUICK_CONFIG, "--input"] + val + [
+        "--output", str(tmp_path / "thr"), "--class-thresholds", thr_json,
+        "--opts", "MODEL.WEIGHTS", weights])
     assert len(written) == 16

@@ -1,7 +1,11 @@
 """tools/train_net.py end to end: training + evaluation, --eval-only, --resume, --num-gpus 2 on
 CPU, and clear errors for unknown config keys and missing datasets."""
 import argparse
+import json
 import os
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,8 +51,10 @@ def test_quick_training_reaches_real_ap(quick_run):
 
 def test_eval_only_reproduces_training_metrics(quick_run, tmp_path):
     weights = os.path.join(quick_run["output_dir"], "model_final.pth")
-    proc = run_train_net(["--config-file", QUICK_CONFIG, "--eval-only", "MODEL.WEIGHTS", weights,
-                          "OUTPUT_DIR", str(tmp_path)], quick_run["datasets_root"])
+    foreign = quick_run["foreign"]
+    proc = run_train_net(foreign["dataset_args"] + [
+        "--config-file", QUICK_CONFIG, "--eval-only", "MODEL.WEIGHTS", weights,
+        "OUTPUT_DIR", str(tmp_path)] + foreign["opts"], str(tmp_path))
     res = parse_copypaste(proc.stdout)
     final = quick_run["final"]
     for task in ("bbox", "segm"):
@@ -123,3 +129,86 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
                                    "OUTPUT_DIR", str(tmp_path)])
     with pytest.raises(DatasetFileError, match=r"coco/annotations/instances_train2017\.json"):
         train_net.setup(args)
+
+
+def test_num_classes_mismatch_stops_before_any_process(foreign_coco, tmp_path):
+    proc = run_train_net(foreign_coco["dataset_args"] + [
+        "--config-file", QUICK_CONFIG, "OUTPUT_DIR", str(tmp_path / "out")] + foreign_coco["opts"]
+        + ["MODEL.ROI_HEADS.NUM_CLASSES", "3"], str(tmp_path), check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("train_net.py: error: MODEL.ROI_HEADS.NUM_CLASSES is 3 but the "
+                           "training set 'foreign_train' has 8 categories"), last
+    assert not os.path.exists(tmp_path / "out")  # nothing started
+
+
+def test_bad_annotation_file_stops_before_any_process(foreign_coco, tmp_path):
+    with open(foreign_coco["train"]) as f:
+        data = json.load(f)
+    data["annotations"][5]["bbox"] = [1, 2]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    proc = run_train_net(["--dataset", "bad_train", str(bad), foreign_coco["images"],
+                          "--config-file", QUICK_CONFIG, "DATASETS.TRAIN", "('bad_train',)"],
+                         str(tmp_path), check=False)
+    last = proc.stdout.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout
+    assert last.startswith("train_net.py: error: dataset 'bad_train'") and "'bbox'" in last, last
+
+
+def test_failed_final_evaluation_keeps_the_model_and_says_how_to_rerun_it(foreign_coco,
+                                                                          tmp_path):
+    """model_final.pth is written before the final evaluation; when the evaluation fails the
+    log gives the --eval-only command, which works once the problem is fixed."""
+    with open(foreign_coco["val"]) as f:
+        data = json.load(f)
+    # images[1] is not among the files sampled up front: the failure comes at evaluation
+    good = os.path.join(foreign_coco["images"], data["images"][1]["file_name"])
+    data["images"][1]["file_name"] = "val/late/missing.png"
+    val = tmp_path / "val.json"
+    val.write_text(json.dumps(data))
+    out = str(tmp_path / "out")
+    proc = run_train_net(
+        ["--dataset", "foreign_train", foreign_coco["train"], foreign_coco["images"],
+         "--dataset", "late_val", str(val), foreign_coco["images"],
+         "--config-file", QUICK_CONFIG, "OUTPUT_DIR", out, "DATASETS.TRAIN", "('foreign_train',)",
+         "DATASETS.TEST", "('late_val',)", "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
+         "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MIN_SIZE_TEST", "128",
+         "DATALOADER.NUM_WORKERS", "0"], str(tmp_path), check=False)
+    assert proc.returncode != 0
+    final = os.path.join(out, "model_final.pth")
+    assert os.path.isfile(final)
+    assert "missing.png" in proc.stdout
+    m = re.search(r"Re-run only the evaluation with:\n\s+(python tools/train_net.py .*)\n",
+                  proc.stdout)
+    assert m, proc.stdout[-3000:]
+    cmd = shlex.split(m.group(1))
+    assert "--eval-only" in cmd and cmd[-2:] == ["MODEL.WEIGHTS", final]
+    # fix the data, run the printed command: evaluation only, from the saved model
+    os.makedirs(os.path.dirname(os.path.join(foreign_coco["images"], "val/late/missing.png")),
+                exist_ok=True)
+    shutil.copy(good, os.path.join(foreign_coco["images"], "val/late/missing.png"))
+    rerun = run_train_net(cmd[2:], str(tmp_path))
+    assert "Starting training" not in rerun.stdout
+    assert "segm" in parse_copypaste(rerun.stdout)
+
+
+def test_images_per_process_warning():
+    train_net, _ = _setup_args([])
+    from detectron2.config import get_cfg
+
+    from rsloss_d2 import add_rsloss_config
+
+    cfg = get_cfg()
+    add_rsloss_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, "configs", "ranksort_loss", "rs_faster_rcnn_R_50_FPN_1x.yaml"))
+    assert cfg.SOLVER.REFERENCE_IMS_PER_PROCESS == 4
+    # auto-scaling (REFERENCE_WORLD_SIZE 4) keeps 4 images per process on any number of GPUs
+    for world in (1, 4, 8):
+        assert train_net.images_per_process_warning(cfg, world) is None
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 0  # no auto-scaling: 16 images over 8 GPUs = 2 each
+    msg = train_net.images_per_process_warning(cfg, 8)
+    assert msg.startswith("2 images per process (SOLVER.IMS_PER_BATCH 16 over 8 processes), but "
+                          "this config was made for 4")
+    cfg.SOLVER.REFERENCE_IMS_PER_PROCESS = 0  # not recorded: no warning
+    assert train_net.images_per_process_warning(cfg, 8) is None

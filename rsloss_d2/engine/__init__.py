@@ -1,0 +1,2 @@
+"""Training-loop helpers for Detectron2's trainers."""
+from .autocast import TrainingAutocast  # noqa: F401
