@@ -99,9 +99,11 @@ def test_reduction_weights_avg_factor_and_clamp():
     weight = torch.tensor([[1.0], [0.5]])
     elem = official_gumbel_ce_elementwise(logits.detach().double(), targets.double())
     # no avg_factor: mean over all R*K elements (weights do not normalise)
-    assert gumbel_cross_entropy(logits, targets).item() == pytest.approx(elem.mean().item(), rel=1e-5)
+    loss = gumbel_cross_entropy(logits, targets)
+    assert loss.item() == pytest.approx(elem.mean().item(), rel=1e-5)
     expected = (elem * weight.double()).mean().item()
-    assert gumbel_cross_entropy(logits, targets, weight=weight).item() == pytest.approx(expected, rel=1e-5)
+    loss = gumbel_cross_entropy(logits, targets, weight=weight)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
     expected = (elem * weight.double()).sum().item() / 2
     loss = gumbel_cross_entropy(logits, targets, weight=weight, avg_factor=2)
     assert loss.item() == pytest.approx(expected, rel=1e-5)

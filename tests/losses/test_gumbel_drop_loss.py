@@ -50,7 +50,8 @@ def test_fixed_entries_without_randomness():
     """ratio 0 (no tail foreground): every tail negative of a background row is dropped
     (u > 0); foreground rows drop their tail negatives, never their positive."""
     labels = torch.tensor([0, 3, BG, BG])
-    targets, keep, ratio = drop_loss_weights(labels, TAIL, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    targets, keep, ratio = drop_loss_weights(labels, TAIL, generator=gen)
     assert ratio.item() == 0.0
     expected = torch.tensor([[1, 0, 0, 1],   # fg head row: tail negatives removed
                              [1, 0, 0, 1],

@@ -29,7 +29,7 @@ from ``DATASETS.TRAIN`` (:func:`train_tail_mask`), so evaluation never needs the
 RoI labels must be in ``0..C`` (Detectron2's sampler never keeps ignored RoIs).
 """
 import logging
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F

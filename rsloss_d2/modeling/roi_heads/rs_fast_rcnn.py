@@ -64,7 +64,7 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
         nn.init.constant_(self.cls_score.bias, 0)
         self.rs_delta = rs_delta
         if cls_activation not in ("sigmoid", "gumbel"):
-            raise ValueError(f"cls_activation must be 'sigmoid' or 'gumbel', got {cls_activation!r}")
+            raise ValueError(f"cls_activation: 'sigmoid' or 'gumbel', not {cls_activation!r}")
         self.cls_activation = cls_activation
 
     @classmethod
