@@ -12,17 +12,15 @@ __all__ = ["iou_mmdet", "pairwise_iou_mmdet"]
 _EPS = 1e-6
 
 
-def _area(b: torch.Tensor) -> torch.Tensor:
-    return (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-
-
 def iou_mmdet(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """Element-wise IoU of broadcastable XYXY boxes ``(..., 4)`` and ``(..., 4)`` -> ``(...)``."""
-    lt = torch.maximum(boxes1[..., :2], boxes2[..., :2])
-    rb = torch.minimum(boxes1[..., 2:], boxes2[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    overlap = wh[..., 0] * wh[..., 1]
-    union = (_area(boxes1) + _area(boxes2) - overlap).clamp(min=_EPS)
+    # Per-coordinate tensors: no strided (..., 2) intermediates of the broadcast shape.
+    ax1, ay1, ax2, ay2 = boxes1.unbind(-1)
+    bx1, by1, bx2, by2 = boxes2.unbind(-1)
+    w = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0)
+    h = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp(min=0)
+    overlap = w * h
+    union = ((ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - overlap).clamp(min=_EPS)
     return overlap / union
 
 
