@@ -20,8 +20,11 @@ __all__ = ["ConfigDataError", "NUM_CLASSES_KEYS", "num_classes_keys", "check_con
 
 # meta-architecture -> the config keys that hold its number of classes
 NUM_CLASSES_KEYS: Dict[str, Tuple[str, ...]] = {
-    "GeneralizedRCNN": ("MODEL.ROI_HEADS.NUM_CLASSES",),
+    "GeneralizedRCNN": ("MODEL.ROI_HEADS.NUM_CLASSES",),  # incl. RS / cascade / GOL heads
     "RetinaNet": ("MODEL.RETINANET.NUM_CLASSES",),
+    "RankingRetinaNet": ("MODEL.RETINANET.NUM_CLASSES",),  # aLRP / AP / RS-ATSS / RS-PAA
+    "SOLOv2": ("MODEL.SOLOV2.NUM_CLASSES",),  # SOLO, Decoupled SOLO, SOLOv2, RS-SOLOv2
+    "YOLACT": ("MODEL.YOLACT.NUM_CLASSES",),  # YOLACT, RS-YOLACT
 }
 
 

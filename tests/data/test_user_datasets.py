@@ -211,3 +211,30 @@ def test_rle_masks_switch_to_bitmask_and_missing_masks_are_an_error(foreign, tmp
     with pytest.raises(ConfigDataError, match="1 non-crowd annotations of the training set "
                                               "'own_nomask'"):
         check_config_against_data(cfg, summaries)
+
+
+def test_every_cpu_config_has_a_checked_num_classes_matching_its_data():
+    """Each shapes / shapes_lt config names the NUM_CLASSES key(s) of its meta-architecture, and
+    they agree with its training set (the check would stop a mismatch)."""
+    import glob
+
+    from rsloss_d2.data.config_checks import num_classes_keys
+
+    from conftest import REPO
+
+    files = sorted(glob.glob(os.path.join(REPO, "configs", "shapes*", "*.yaml")))
+    leaves = [f for f in files if not os.path.basename(f).startswith("Base")]
+    assert len(leaves) >= 7
+    for path in leaves:
+        cfg = get_cfg()
+        add_rsloss_config(cfg)
+        cfg.merge_from_file(path)
+        assert num_classes_keys(cfg), (path, cfg.MODEL.META_ARCHITECTURE)
+        check_config_against_data(cfg, {})
+        key = num_classes_keys(cfg)[0]
+        node = cfg
+        for part in key.split(".")[:-1]:
+            node = node[part]
+        node[key.split(".")[-1]] += 1
+        with pytest.raises(ConfigDataError, match=key):
+            check_config_against_data(cfg, {})
