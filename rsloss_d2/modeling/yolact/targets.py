@@ -88,7 +88,8 @@ def prepare_targets(gt_instances: List[Instances], image_sizes: List[Tuple[int, 
         scale = boxes.new_tensor([input_size / w, input_size / h] * 2)
         boxes[i, :g] = inst.gt_boxes.tensor.to(boxes) * scale
         classes[i, :g] = inst.gt_classes
-        valid[i, :g] = True
+        wh = boxes[i, :g, 2:] - boxes[i, :g, :2]
+        valid[i, :g] = (wh > 0).all(dim=1)  # a degenerate box has no deltas: left out
         if inst.has("gt_masks"):
             dense = _dense_masks(inst.gt_masks, h, w, device)
             masks[i, :g] = _resize_binary(dense, mask_size)
