@@ -203,3 +203,55 @@ def test_statistics_go_to_event_storage(name, keys):
         lam = latest["dense/lambda_bbox"]
         assert float(losses["loss_bbox"]) == pytest.approx(lam * latest["dense/giou_loss"],
                                                            rel=1e-5)
+
+
+def _inference_inputs():
+    """Two levels of hand-made anchors (zero deltas: box = anchor) and per-class scores."""
+    level0 = torch.tensor([[0.0, 0.0, 8.0, 8.0], [20.0, 0.0, 28.0, 8.0], [40.0, 0.0, 48.0, 8.0]])
+    scores0 = torch.tensor([[0.9, 0.0, 0.0], [0.2, 0.7, 0.0], [0.6, 0.65, 0.3]])
+    level1 = torch.tensor([[0.0, 30.0, 10.0, 40.0], [1.0, 30.0, 11.0, 40.0],
+                           [50.0, 50.0, 70.0, 70.0]])  # the last one crosses the 64 px border
+    scores1 = torch.tensor([[0.8, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.0, 0.04]])
+    return ([Boxes(level0), Boxes(level1)], [scores0, scores1],
+            [torch.zeros(3, 4), torch.zeros(3, 4)])
+
+
+@pytest.mark.parametrize("voting", [False, True])
+def test_inference_is_mmdet_dense_test_with_optional_score_voting(voting):
+    model = build(dense_cfg("RS-PAA", ["MODEL.RETINANET.TOPK_CANDIDATES_TEST", "2",
+                                       "MODEL.RANKING_RETINANET.SCORE_VOTING", str(voting)]))
+    model.eval()
+    anchors, scores, deltas = _inference_inputs()
+    out = model.inference_single_image(anchors, scores, deltas, (64, 64))
+    got = {(tuple(b), int(c)): float(s) for b, c, s in
+           zip(out.pred_boxes.tensor.tolist(), out.pred_classes, out.scores)}
+    # level 0: the 2 anchors of highest *max* score (mmdet nms_pre), all their classes > 0.05
+    # (a top-2 over (anchor, class) pairs would drop (anchor 1, class 0) and keep anchor 2);
+    # level 1: anchor 1 (IoU 0.82 with anchor 0, same class) is suppressed by NMS 0.6
+    if not voting:
+        assert got == pytest.approx({((0.0, 0.0, 8.0, 8.0), 0): 0.9,
+                                     ((20.0, 0.0, 28.0, 8.0), 1): 0.7,
+                                     ((20.0, 0.0, 28.0, 8.0), 0): 0.2,
+                                     ((0.0, 30.0, 10.0, 40.0), 0): 0.8})
+    else:  # voted box of the level-1 detection: its own box and the suppressed one
+        iou = 90.0 / 110.0
+        p_self, p_other = 0.8, torch.exp(torch.tensor(-(1 - iou) ** 2 / 0.025)).item() * 0.5
+        x0 = (p_self * 0.0 + p_other * 1.0) / (p_self + p_other)
+        x1 = (p_self * 10.0 + p_other * 11.0) / (p_self + p_other)
+        voted = [b for (b, c) in got if b[1] == 30.0]
+        assert len(voted) == 1 and voted[0] == pytest.approx((x0, 30.0, x1, 40.0), rel=1e-5)
+        assert sorted(got.values()) == pytest.approx([0.2, 0.7, 0.8, 0.9])
+    assert ((out.pred_boxes.tensor >= 0) & (out.pred_boxes.tensor <= 64)).all()
+
+
+def test_eval_mode_forward_gives_instances():
+    model = build(dense_cfg("RS-ATSS", ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.3"]))
+    train_steps(model, fixed_batch(), steps=2, lr=0.01)
+    model.eval()
+    with torch.no_grad():
+        out = model([{k: v for k, v in x.items() if k != "instances"} for x in fixed_batch()])
+    for o in out:
+        inst = o["instances"]
+        assert len(inst) <= model.max_detections_per_image
+        assert ((inst.scores > 0.3) & (inst.scores <= 1)).all()
+        assert ((inst.pred_classes >= 0) & (inst.pred_classes < 3)).all()
