@@ -18,7 +18,13 @@ of detections per image of each model in one table, and the ratio of the through
 Extra ``KEY VALUE`` pairs after ``--opts`` apply to both configs (``--opts-b`` to B only).
 
 ``--peak-memory`` adds, per model, the peak growth of the process's resident memory (CPU; CUDA:
-peak allocated) during its largest single inference, sampled every millisecond.
+peak allocated) during its largest single inference, sampled every millisecond (freed memory
+that the allocator keeps is reused without growth: use ``--warmup 0`` for the first inference
+of a fresh process).
+``--crowded N`` replaces the dataset by one generated image (``--crowded-size``) holding N
+filled rectangles and ellipses of random colours, timed ``--num-images`` times (e.g. the memory
+of inference on a crowded image; add ``--opts MODEL.SOLOV2.SCORE_THR 0.0 ...`` to make every
+cell × class a candidate).
 """
 import argparse
 import copy
@@ -130,6 +136,25 @@ def load_inputs(cfg, dataset, num_images):
     return [mapper(copy.deepcopy(d)) for d in dicts]
 
 
+def crowded_inputs(num_objects, size, copies, seed=0):
+    """One generated H×W image with ``num_objects`` random rectangles / ellipses (BGR uint8 →
+    the model input format of Detectron2's mapper: (3, H, W) float, no resize)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    img = torch.full((3, h, w), 114.0)
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    for k in range(num_objects):
+        rh, rw = (torch.randint(4, max(5, h // 6), (2,), generator=g)).tolist()
+        cy = int(torch.randint(0, h, (1,), generator=g))
+        cx = int(torch.randint(0, w, (1,), generator=g))
+        if k % 2:
+            region = ((ys - cy) / rh) ** 2 + ((xs - cx) / rw) ** 2 <= 1
+        else:
+            region = ((ys - cy).abs() <= rh) & ((xs - cx).abs() <= rw)
+        img[:, region] = (torch.rand(3, 1, generator=g) * 255).expand(3, int(region.sum()))
+    return [{"image": img, "height": h, "width": w, "image_id": 0}] * copies
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config-a", default="configs/shapes/mask_rcnn_R_18_FPN_quick.yaml")
@@ -141,6 +166,10 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3, help="untimed images per model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--crowded", type=int, default=0,
+                        help="time one generated image with this many objects instead")
+    parser.add_argument("--crowded-size", type=int, nargs=2, default=[256, 256],
+                        metavar=("H", "W"))
     parser.add_argument("--peak-memory", action="store_true",
                         help="also report the peak memory growth of one inference")
     parser.add_argument("--opts-b", nargs="*", default=[],
@@ -153,9 +182,18 @@ def main(argv=None):
 
     cfg_a = setup(args.config_a, args.opts, args.device)
     cfg_b = setup(args.config_b, list(args.opts) + list(args.opts_b), args.device)
-    dataset = args.dataset or cfg_a.DATASETS.TEST[0]
-    check_dataset_files([dataset])
-    runners = [Runner(cfg, w, load_inputs(cfg, dataset, args.num_images), args.peak_memory)
+    if args.crowded:
+        dataset = f"one generated image, {args.crowded} objects, {tuple(args.crowded_size)}"
+
+        def inputs(cfg):
+            return crowded_inputs(args.crowded, tuple(args.crowded_size), args.num_images)
+    else:
+        dataset = args.dataset or cfg_a.DATASETS.TEST[0]
+        check_dataset_files([dataset])
+
+        def inputs(cfg):
+            return load_inputs(cfg, dataset, args.num_images)
+    runners = [Runner(cfg, w, inputs(cfg), args.peak_memory)
                for cfg, w in ((cfg_a, args.weights_a), (cfg_b, args.weights_b))]
     n = len(runners[0].inputs)
     for step in range(args.warmup + n):
