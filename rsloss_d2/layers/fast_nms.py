@@ -23,13 +23,15 @@ def pairwise_iou_batched(boxes: torch.Tensor, eps: float = 1e-6) -> torch.Tensor
     Returns:
         (C, K, K) IoUs.
     """
-    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-    lt = torch.max(boxes[..., :, None, :2], boxes[..., None, :, :2])
-    rb = torch.min(boxes[..., :, None, 2:], boxes[..., None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    overlap = wh[..., 0] * wh[..., 1]
-    union = (area[..., :, None] + area[..., None, :] - overlap).clamp(min=eps)
-    return overlap / union
+    x1, y1, x2, y2 = boxes.unbind(-1)  # per coordinate: (C, K, K) intermediates only
+    area = (x2 - x1) * (y2 - y1)
+    iw = (torch.minimum(x2[..., :, None], x2[..., None, :])
+          - torch.maximum(x1[..., :, None], x1[..., None, :])).clamp_(min=0)
+    ih = (torch.minimum(y2[..., :, None], y2[..., None, :])
+          - torch.maximum(y1[..., :, None], y1[..., None, :])).clamp_(min=0)
+    inter = iw.mul_(ih)
+    union = (area[..., :, None] + area[..., None, :]).sub_(inter).clamp_(min=eps)
+    return inter.div_(union)
 
 
 def fast_nms(
@@ -61,12 +63,17 @@ def fast_nms(
     if k == 0 or num_classes == 0:
         empty_long = torch.zeros((0,), dtype=torch.int64, device=boxes.device)
         return boxes.new_zeros((0, 4)), scores.new_zeros((0,)), empty_long, empty_long.clone()
-    # per class: its top-k candidates in descending score order, (C, k)
-    cls_scores, idx = scores.t().sort(dim=1, descending=True)
+    # per class: its top-k candidates in descending score order, (C, k) (mmdet: sort, then the
+    # first top_k; topk gives the same for distinct scores)
+    cls_scores, idx = scores.t().topk(k, dim=1, sorted=True)
+    # A candidate at or below the score threshold can only suppress lower-scored ones, which are
+    # below the threshold too: leaving those columns out changes nothing and shrinks the IoU
+    # matrix to the widest class's count of candidates above the threshold (host read).
+    k = int((cls_scores > score_threshold).sum(dim=1).max())
     cls_scores, idx = cls_scores[:, :k], idx[:, :k]
     cand = boxes[idx.reshape(-1)].reshape(num_classes, k, 4)
     iou = pairwise_iou_batched(cand).triu_(diagonal=1)  # [c, i, j]: i scored above j
-    iou_max = iou.max(dim=1).values  # (C, k): max IoU with any higher-scored candidate
+    iou_max = iou.max(dim=1).values if k else cls_scores  # (C, k): max IoU with higher-scored
     keep = (iou_max <= iou_threshold) & (cls_scores > score_threshold)
     classes = torch.arange(num_classes, device=boxes.device)[:, None].expand_as(keep)[keep]
     kept_scores = cls_scores[keep]
