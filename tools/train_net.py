@@ -32,6 +32,7 @@ import torch  # noqa: E402
 import detectron2.utils.comm as comm  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import build_detection_train_loader  # noqa: E402
 from detectron2.engine import (  # noqa: E402
     AMPTrainer,
     DefaultTrainer,
@@ -48,6 +49,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from rsloss_d2 import add_rsloss_config  # noqa: E402
 from rsloss_d2.data import DatasetFileError, check_dataset_files  # noqa: E402
 from rsloss_d2.data.config_checks import ConfigDataError, check_config_against_data  # noqa: E402
+from rsloss_d2.data.transforms import build_train_mapper  # noqa: E402
 from rsloss_d2.data.user_datasets import DatasetFormatError, register_from_args  # noqa: E402
 from rsloss_d2.engine import TrainingAutocast  # noqa: E402
 from rsloss_d2.evaluation.build import build_evaluator, format_baseline_comparison  # noqa: E402
@@ -92,6 +94,12 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        # Detectron2's DatasetMapper, or the SSD-style augmentation (photometric distortion,
+        # expand, min-IoU crop) of the YOLACT / aLRP-500 configs (INPUT.SSD_AUGMENTATION.ENABLED)
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
 
     def train(self):
         # model_final.pth is written by the checkpointer hook at the last step, before the final
