@@ -167,6 +167,7 @@ def test_mapper_keeps_masks_boxes_and_image_consistent(tmp_path, recompute):
         image = out["image"].numpy().transpose(1, 2, 0)
         inst = out["instances"]
         assert image.shape[:2] == (96, 128) and inst.image_size == (96, 128)
+        assert out["ssd_augmented"] is True
         assert len(inst) >= 1  # the crop never removes every object
         kinds.add(len(inst))
         gm = inst.gt_masks.tensor.numpy()

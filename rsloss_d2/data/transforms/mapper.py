@@ -81,7 +81,8 @@ class SSDDatasetMapper:
 
     Output dict: ``image`` (C, H, W) float32 tensor (the photometric distortion is not clipped to
     [0, 255], as mmdet), ``instances`` with ``gt_boxes``, ``gt_classes`` and, if masks are
-    loaded, ``gt_masks`` (:class:`BitMasks`), plus the dataset dict's other fields.
+    loaded, ``gt_masks`` (:class:`BitMasks`), ``ssd_augmented`` = True, plus the dataset dict's
+    other fields.
     """
 
     @configurable
@@ -146,6 +147,7 @@ class SSDDatasetMapper:
         nonempty = instances.gt_boxes.nonempty()  # e.g. a mask cropped to nothing
         dataset_dict["instances"] = instances[nonempty]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        dataset_dict["ssd_augmented"] = True  # lets a model check that its loader applied it
         return dataset_dict
 
 

@@ -1,0 +1,107 @@
+"""End to end: short YOLACT and RS-YOLACT trainings through tools/train_net.py on the small
+generated `shapes` set (one module fixture), evaluated by Detectron2's COCO evaluator with oLRP:
+box and mask AP above floors measured for this schedule; `tools/demo.py`'s predictor gives
+exactly the masks that evaluation wrote."""
+import importlib.util
+import json
+import math
+import os
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+
+from conftest import parse_copypaste, read_metrics, run_train_net
+
+from _yolact_helpers import REPO, SHAPES
+
+# 128 px inside the model (the 256 px images are resized by it), 120 iterations of 4 images
+SHORT = ["MODEL.YOLACT.INPUT_SIZE", "128", "SOLVER.MAX_ITER", "120", "SOLVER.STEPS", "(100,)",
+         "SOLVER.WARMUP_ITERS", "20", "SOLVER.CHECKPOINT_PERIOD", "100000",
+         "DATALOADER.NUM_WORKERS", "0", "SEED", "1", "TEST.OLRP.SAVE_THRESHOLDS", "False"]
+# Measured with SHORT on conftest's shapes_root (see configs/shapes/README.md, YOLACT section);
+# a model that does not learn (or whose masks are not assembled / cropped right) stays near 0.
+FLOORS = {"softmax_ohem": {"bbox": 1.0, "segm": 1.0},
+          "rank_sort": {"bbox": 1.0, "segm": 1.0}}
+
+
+@pytest.fixture(scope="module")
+def yolact_runs(shapes_root, tmp_path_factory):
+    runs = {}
+    for loss, config in SHAPES.items():
+        out = str(tmp_path_factory.mktemp(f"yolact_{loss}"))
+        proc = run_train_net(["--config-file", os.path.join(REPO, config), "OUTPUT_DIR", out]
+                             + SHORT, shapes_root)
+        runs[loss] = {"out": out, "log": proc.stdout, "res": parse_copypaste(proc.stdout),
+                      "metrics": read_metrics(out), "config": config, "root": shapes_root}
+    return runs
+
+
+@pytest.mark.parametrize("loss", ["softmax_ohem", "rank_sort"])
+def test_short_training_evaluates_above_floor(yolact_runs, loss):
+    run = yolact_runs[loss]
+    res = run["res"]
+    print(loss, {t: {k: res[t][k] for k in ("AP", "AP50")} for t in ("bbox", "segm")})
+    for task in ("bbox", "segm"):
+        assert res[task]["AP"] > FLOORS[loss][task], (loss, task, res)
+    final = [m for m in run["metrics"] if "segm/AP" in m][-1]
+    for task in ("bbox", "segm"):  # oLRP beside AP (percent, lower is better)
+        olrp = final[f"{task}/oLRP"]
+        assert math.isfinite(olrp) and 0 < olrp <= 100
+    train = [m for m in run["metrics"] if "total_loss" in m]
+    assert train and all(math.isfinite(m["total_loss"]) for m in train)
+    if loss == "rank_sort":
+        assert all(k in train[-1] for k in ("loss_rank", "loss_sort", "loss_mask",
+                                            "yolact/mask_lambda", "yolact/box_lambda"))
+        assert "loss_semantic" not in train[-1]
+    else:
+        assert "loss_semantic" in train[-1] and "loss_cls" in train[-1]
+
+
+def _load_demo():
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(REPO, "tools", "demo.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_demo_predictor_gives_the_evaluated_masks(yolact_runs, tmp_path, monkeypatch):
+    """tools/demo.py (DefaultPredictor) and evaluation (test loader) share one inference path:
+    same detections and bit-identical masks on every val image."""
+    run = yolact_runs["rank_sort"]
+    monkeypatch.setenv("DETECTRON2_DATASETS", run["root"])
+    demo = _load_demo()
+    weights = os.path.join(run["out"], "model_final.pth")
+    opts = SHORT + ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu"]
+    args = demo.get_parser().parse_args(["--config-file", os.path.join(REPO, run["config"]),
+                                         "--input", "x", "--output", "y", "--opts"] + opts)
+    cfg = demo.setup_cfg(args)
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.detection_utils import read_image
+    from detectron2.engine import DefaultPredictor
+
+    predictor = DefaultPredictor(cfg)
+    with open(os.path.join(run["out"], "inference", "shapes_val", "coco_instances_results.json")) as f:
+        evaluated = json.load(f)
+    to_json_id = {v: k for k, v in
+                  MetadataCatalog.get("shapes_val").thing_dataset_id_to_contiguous_id.items()}
+    compared = 0
+    for d in DatasetCatalog.get("shapes_val"):
+        pred = predictor(read_image(d["file_name"], format="BGR"))["instances"]
+        ev = sorted((e for e in evaluated if e["image_id"] == d["image_id"]),
+                    key=lambda e: -e["score"])
+        assert len(ev) == len(pred)
+        order = torch.argsort(pred.scores, descending=True, stable=True)
+        for e, i in zip(ev, order.tolist()):
+            assert abs(e["score"] - float(pred.scores[i])) < 1e-4
+            assert e["category_id"] == to_json_id[int(pred.pred_classes[i])]
+            mask = mask_util.decode(e["segmentation"]).astype(bool)
+            assert np.array_equal(mask, pred.pred_masks[i].numpy())
+            compared += 1
+    assert compared > 0
+    # and the demo script itself draws them
+    written = demo.main(["--config-file", os.path.join(REPO, run["config"]), "--input",
+                         os.path.dirname(d["file_name"]), "--output", str(tmp_path / "demo"),
+                         "--opts"] + opts)
+    assert len(written) == len(DatasetCatalog.get("shapes_val"))
