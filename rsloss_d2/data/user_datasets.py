@@ -73,6 +73,11 @@ class DatasetSummary:
     def num_categories(self) -> int:
         return len(self.category_ids)
 
+    def __repr__(self):  # short: it is printed with the command-line arguments
+        return (f"DatasetSummary({self.name!r}, {self.format}, {self.json_file!r}, "
+                f"{self.num_categories} categories, {self.num_images} images, "
+                f"{self.num_annotations} annotations, {self.num_rle_masks} RLE masks)")
+
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -42,20 +42,18 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
 
 def format_baseline_comparison(cfg, results):
     """A small table of this run's results beside `cfg.TEST.BASELINE_RESULTS` (a reference
-    model's numbers, e.g. from configs/shapes/README.md), or None if the config names none.
+    model's numbers on `cfg.TEST.BASELINE_DATASET`, e.g. from configs/shapes/README.md), or None
+    if the config names none or that dataset was not evaluated (e.g. training on other data).
 
     Args:
-        results: Detectron2's evaluation results, ``{dataset: {task: {metric: value}}}`` (or
-            ``{task: {metric: value}}`` for one dataset).
+        results: Detectron2's evaluation results, ``{dataset: {task: {metric: value}}}``.
     Returns:
-        str, one line per metric of the first test set: ``metric  this run  baseline``.
+        str, one line per metric: ``metric  this run  baseline``.
     """
     spec = cfg.TEST.get("BASELINE_RESULTS", "")
+    results = (results or {}).get(cfg.TEST.get("BASELINE_DATASET", ""))
     if not spec or not results:
         return None
-    first = next(iter(results.values()))
-    if isinstance(first, dict) and all(isinstance(v, dict) for v in first.values()):
-        results = first  # {dataset: {task: ...}} -> {task: ...}
     name = cfg.TEST.BASELINE_NAME or "baseline"
     width = max(len(name), 9)
     lines = [f"{'metric':<12} {'this run':>9}  {name:>{width}}"]
@@ -64,4 +62,5 @@ def format_baseline_comparison(cfg, results):
         task, metric = key.split("/")
         ours = results.get(task, {}).get(metric, float("nan"))
         lines.append(f"{key:<12} {ours:>9.1f}  {float(value):>{width}.1f}")
-    return "Comparison with the baseline (same data and schedule):\n" + "\n".join(lines)
+    return (f"Comparison with the baseline on {cfg.TEST.BASELINE_DATASET} (same data, backbone "
+            f"and schedule if this config ran unchanged):\n" + "\n".join(lines))

@@ -207,3 +207,22 @@ def test_filter_by_class_thresholds():
     kept = filter_by_class_thresholds(inst, {0: 0.5, 1: 0.6}, default=0.25)
     assert kept.scores.tolist() == pytest.approx([0.5, 0.9, 0.3])  # >= is kept
     assert len(filter_by_class_thresholds(inst[:0], {0: 0.5}, 0.1)) == 0
+
+
+def test_baseline_comparison_only_for_its_dataset():
+    from rsloss_d2.evaluation.build import format_baseline_comparison
+
+    cfg = get_cfg()
+    add_rsloss_config(cfg)
+    assert format_baseline_comparison(cfg, {"shapes_val": {"bbox": {"AP": 1.0}}}) is None
+    cfg.TEST.BASELINE_NAME = "Mask R-CNN"
+    cfg.TEST.BASELINE_RESULTS = "bbox/AP=51.7,segm/oLRP=53.1"
+    cfg.TEST.BASELINE_DATASET = "shapes_val"
+    text = format_baseline_comparison(
+        cfg, {"shapes_val": {"bbox": {"AP": 48.25}, "segm": {"oLRP": 50.0}}})
+    lines = text.splitlines()
+    assert "shapes_val" in lines[0]
+    assert lines[2].split() == ["bbox/AP", "48.2", "51.7"]
+    assert lines[3].split() == ["segm/oLRP", "50.0", "53.1"]
+    # trained / evaluated on other data: no comparison
+    assert format_baseline_comparison(cfg, {"my_val": {"bbox": {"AP": 48.25}}}) is None

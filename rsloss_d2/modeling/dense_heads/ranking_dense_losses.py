@@ -59,7 +59,7 @@ def alrp_dense_losses(
 
     Returns:
         losses ``loss_cls`` (L_cls), ``loss_bbox`` (w_SB·L_loc); stats ``loss_loc_unweighted``,
-        ``self_balance_weight``, ``mean_pos_giou_loss``.
+        ``self_balance_weight``, ``self_balance_period``, ``mean_pos_giou_loss``.
     """
     num_classes = logits.shape[1]
     targets = vectorize_labels(labels, num_classes)
@@ -70,6 +70,8 @@ def alrp_dense_losses(
     if pos_pred_boxes.shape[0] > 0 and self_balance is not None:
         weight = self_balance.update(loss_cls, loss_loc)
     stats = {"loss_loc_unweighted": loss_loc.detach(), "self_balance_weight": weight.detach()}
+    if self_balance is not None:
+        stats["self_balance_period"] = self_balance.period
     if pos_pred_boxes.shape[0] > 0:
         stats["mean_pos_giou_loss"] = loc_errors.detach().mean()
     loss_bbox = weight.to(loss_loc.dtype) * loss_loc

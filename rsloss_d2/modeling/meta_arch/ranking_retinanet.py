@@ -85,7 +85,8 @@ class RankingRetinaNet(RetinaNet):
     Training losses: aLRP ``loss_cls``, ``loss_bbox`` (= w_SB·L_loc); AP ``loss_cls``,
     ``loss_bbox`` (SmoothL1); RS ``loss_rank``, ``loss_sort``, ``loss_bbox`` (λ·L_GIoU).
     EventStorage (prefix ``dense/``): ``num_pos_anchors``, ``num_neg_anchors`` (per image), and
-    ``loss_loc_unweighted``, ``self_balance_weight``, ``mean_pos_giou_loss`` (aLRP),
+    ``loss_loc_unweighted``, ``self_balance_weight``, ``self_balance_period``,
+    ``mean_pos_giou_loss`` (aLRP),
     ``lambda_bbox``, ``giou_loss``, ``mean_pos_iou`` (RS), ``paa_num_candidates`` (PAA).
     """
 

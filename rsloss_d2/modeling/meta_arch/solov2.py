@@ -25,7 +25,7 @@ from ..solov2.losses import (
     rs_solo_losses,
     solo_focal_dice_losses,
 )
-from ..solov2.mask_branch import SOLOv2MaskBranch, dynamic_mask_logits
+from ..solov2.mask_branch import SOLOv2MaskBranch
 from ..solov2.targets import build_solo_targets
 
 __all__ = ["SOLOv2"]
@@ -165,11 +165,10 @@ class SOLOv2(nn.Module):
         head_type = self.ins_head.head_type
         if head_type == "dynamic":
             kernels = torch.cat([k[image].flatten(1) for k in ins_preds], dim=1).t()  # (ΣS², E)
-            feats = mask_features[image:image + 1]
+            feats = mask_features[image].flatten(1)  # (E, H_m·W_m)
 
-            def fn(cells):
-                idx = torch.zeros_like(cells)
-                return dynamic_mask_logits(kernels[cells], idx, feats).sigmoid()
+            def fn(cells):  # the dynamic 1×1 conv of the selected cells' kernels
+                return (kernels[cells] @ feats).view(-1, *mask_size).sigmoid()
             return fn
 
         sizes = [s * s for s in self.num_grids]

@@ -173,9 +173,6 @@ def rs_solo_losses(
         zero = logits.sum() * 0
         put_scalars("solov2/", {"num_pos_cells": 0, "num_pos_masks": 0, "lambda": 0.0})
         return {"loss_rank": zero, "loss_sort": zero.detach().clone(), "loss_ins": dice.anchor}
-    if torch.unique(rows).numel() != p:
-        raise ValueError("rs_solo_losses needs one positive per cell (cell_assignment "
-                         "'first' or 'last')")
     dice_coef = (1 - dice.losses.detach()).float()
     sort_targets = torch.zeros(logits.shape[0], dtype=dice_coef.dtype, device=logits.device)
     sort_targets[rows] = dice_coef
