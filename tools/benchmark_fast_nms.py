@@ -68,7 +68,8 @@ def make_case(n, c, seed, dense=False):
     if dense:
         return boxes, torch.rand(n, c, generator=g) ** 4
     scores = torch.rand(n, c, generator=g) * 0.04
-    scores[torch.arange(n), torch.randint(0, c, (n,), generator=g)] = torch.rand(n, generator=g) ** 2
+    likely = torch.randint(0, c, (n,), generator=g)
+    scores[torch.arange(n), likely] = torch.rand(n, generator=g) ** 2
     return boxes, scores
 
 

@@ -2,8 +2,8 @@
 
 The pipeline of the official YOLACT / RS-YOLACT and aLRP-500 configs (mmdet 2.x
 ``PhotoMetricDistortion``, ``Expand``, ``MinIoURandomCrop``, ``Resize`` without keep-ratio;
-spec ``shared/spec/models.md`` §7): every op is a Detectron2 ``Transform`` so that images, boxes and
-instance masks go through the same geometry (``apply_image`` / ``apply_box`` /
+spec ``shared/spec/models.md`` §7): every op is a Detectron2 ``Transform`` so that images, boxes
+and instance masks go through the same geometry (``apply_image`` / ``apply_box`` /
 ``apply_segmentation``). :class:`SSDDatasetMapper` in ``mapper.py`` strings them together.
 
 Departures from mmdet, on purpose:
@@ -127,7 +127,8 @@ class ExpandTransform(Transform):
 
 class RandomExpand(T.Augmentation):
     """mmdet ``Expand``: with probability ``prob``, ratio ~ U(ratio_range), canvas
-    ``(int(h·ratio), int(w·ratio))``, offsets ``int(U(0, w·ratio − w))``, ``int(U(0, h·ratio − h))``."""
+    ``(int(h·ratio), int(w·ratio))``, offsets ``int(U(0, w·ratio − w))``,
+    ``int(U(0, h·ratio − h))``."""
 
     def __init__(self, fill: Sequence[float], ratio_range: Tuple[float, float] = (1.0, 4.0),
                  prob: float = 0.5):
@@ -156,7 +157,8 @@ def _iou_patch_boxes(patch: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def centers_inside(boxes: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
-    """(N,) bool: box centre strictly inside the rectangle (mmdet ``is_center_of_bboxes_in_patch``)."""
+    """(N,) bool: box centre strictly inside the rectangle (mmdet
+    ``is_center_of_bboxes_in_patch``)."""
     c = (boxes[:, :2] + boxes[:, 2:]) / 2
     return (c[:, 0] > x0) & (c[:, 1] > y0) & (c[:, 0] < x1) & (c[:, 1] < y1)
 

@@ -22,7 +22,7 @@ def _xavier(*modules):
 
 class YOLACTHead(nn.Module):
     """Prediction head shared by all FPN levels: one 3×3 conv + ReLU, then 3×3 convs to the class
-    logits (A·K_out), box deltas (A·4) and mask coefficients (A·P, tanh; YOLACT Eq. in Sec. 3.2)."""
+    logits (A·K_out), box deltas (A·4) and mask coefficients (A·P, tanh; YOLACT Sec. 3.2)."""
 
     @configurable
     def __init__(self, *, in_channels: int, conv_dim: int, num_anchors: int,
@@ -53,13 +53,14 @@ class YOLACTHead(nn.Module):
             "num_prototypes": c.NUM_PROTOTYPES,
         }
 
-    def forward(self, features: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, features: List[torch.Tensor]
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """
         Args:
             features: per level (B, C, H_l, W_l).
 
         Returns:
-            logits (B, R, K_out), deltas (B, R, 4), coefficients (B, R, P) with R = Σ_l H_l·W_l·A,
+            logits (B, R, K_out), deltas (B, R, 4), coefficients (B, R, P), R = Σ_l H_l·W_l·A,
             rows ordered level, then y, x, then anchor (the order of :func:`yolact_anchors`).
         """
         logits, deltas, coeffs = [], [], []

@@ -133,7 +133,8 @@ def rs_yolact_losses(logits: torch.Tensor, labels: torch.Tensor, pos_pred_boxes:
     targets, GIoU box loss and dice mask loss, both averaged with the detached max-sigmoid score
     weights w_k and balanced by their own λ = (L_rank + L_sort) / L (two λ's).
 
-    Dice (eps once): ``d_k = 2Σ m t / (Σ m² + Σ t² + 1e-5)``; ``L_mask = Σ w_k (1 − d_k) / Σ w_k``
+    Dice (eps once): ``d_k = 2Σ m t / (Σ m² + Σ t² + 1e-5)``;
+    ``L_mask = Σ w_k (1 − d_k) / Σ w_k``
     (= 1 − Σ w_k d_k / Σ w_k).
 
     Args:

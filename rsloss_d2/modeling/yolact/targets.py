@@ -70,8 +70,10 @@ def prepare_targets(gt_instances: List[Instances], image_sizes: List[Tuple[int, 
 
     Boxes are scaled by ``(S / w_i, S / h_i)``; masks (BitMasks / PolygonMasks at the image size
     (h_i, w_i)) are resized bilinearly to the prototype size and binarised at 0.5 (official: GT
-    mask at 550² → 138² bilinear, > 0.5). The loop over images only converts the ragged
-    per-image inputs; everything after works on the padded tensors.
+    mask at 550² → 138² bilinear, > 0.5). GT boxes of zero width or height are marked invalid
+    (their encoded deltas would be infinite; the official pipeline filters sides ≤ 4 px). The
+    loop over images only converts the ragged per-image inputs; everything after works on the
+    padded tensors.
     """
     device = gt_instances[0].gt_boxes.device
     num = max(len(x) for x in gt_instances)

@@ -82,7 +82,8 @@ def test_demo_predictor_gives_the_evaluated_masks(yolact_runs, tmp_path, monkeyp
     from detectron2.engine import DefaultPredictor
 
     predictor = DefaultPredictor(cfg)
-    with open(os.path.join(run["out"], "inference", "shapes_val", "coco_instances_results.json")) as f:
+    results = os.path.join(run["out"], "inference", "shapes_val", "coco_instances_results.json")
+    with open(results) as f:
         evaluated = json.load(f)
     to_json_id = {v: k for k, v in
                   MetadataCatalog.get("shapes_val").thing_dataset_id_to_contiguous_id.items()}
