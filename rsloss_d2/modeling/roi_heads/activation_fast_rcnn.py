@@ -51,7 +51,7 @@ from ..events import put_scalars
 
 __all__ = ["ActivationFastRCNNOutputLayers", "train_tail_mask", "CLS_LOSSES"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("detectron2." + __name__)  # shown by train_net's setup_logger
 
 # loss -> (has a background column, default test activation or None = MODEL.GOL.ACTIVATION)
 CLS_LOSSES = {
