@@ -117,6 +117,21 @@ def test_predictor_losses(cls_loss, columns):
     assert head.cls_score.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("cls_loss", ["gumbel", "droploss", "sigmoid"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_predictor_under_autocast_huge_features(cls_loss, dtype):
+    head = predictor(cls_loss)
+    x = torch.randn(6, 8) * 1e4  # logits far outside [-4, 10] (and fp16-sized)
+    with EventStorage(0), torch.autocast("cpu", dtype=dtype):
+        scores, deltas = head(x)
+        assert scores.dtype == dtype
+        losses = head.losses((scores, deltas), proposals([1, 0, C, C, 2, C]))
+    assert losses["loss_cls"].dtype == torch.float32
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert torch.isfinite(head.cls_score.weight.grad).all()
+
+
 def test_no_foreground_batch_through_predictor():
     head = predictor("droploss")
     with EventStorage(0) as storage:
