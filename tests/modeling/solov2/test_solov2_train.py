@@ -1,0 +1,105 @@
+"""Short real trainings through tools/train_net.py: SOLOv2 and RS-SOLOv2 learn `shapes` (one
+module fixture, 128-px images, evaluated with Detectron2's COCO evaluator + oLRP); vanilla SOLO
+fits a fixed batch (loss-decrease test, to stay within the test-time budget)."""
+import os
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.solver import build_optimizer
+from detectron2.utils.events import EventStorage
+
+from rsloss_d2 import add_rsloss_config
+
+from _solo_helpers import random_image_batch
+from conftest import parse_copypaste, read_metrics, run_train_net
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+# 16 generated 128-px training images, trained and evaluated on (the model must fit them):
+# scale ranges halved with the image size, batch 4, lr 0.01, warm-up 30.
+OVERRIDES = [
+    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192",
+    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192",
+    "MODEL.SOLOV2.FPN_SCALE_RANGES", "[[1,16],[8,32],[16,64],[32,128],[64,256]]",
+    "DATASETS.TEST", '("shapes_train",)', "SOLVER.WARMUP_ITERS", "30",
+    "SOLVER.CHECKPOINT_PERIOD", "10000", "DATALOADER.NUM_WORKERS", "0", "SEED", "1",
+]
+# Per model: iterations, extra overrides, floor of the final mask AP. Measured with these
+# settings (2026-11-29): SOLOv2 100 iterations 16.4 mask AP (60 iterations: 3.5); RS-SOLOv2
+# 60 iterations 5.1 (100: 4.4). An untrained model has no detection (AP 0). RS Loss lifts the
+# probabilities of a from-scratch model slowly (its gradient is normalised by the positives,
+# not by the focal loss's sum over all cells), so after 60 iterations no score exceeds the
+# RS-SOLOv2 test threshold 0.2 yet: this short run is evaluated at 0.05.
+RUNS = {
+    "solov2": (100, ["SOLVER.STEPS", "(80,)"], 8.0),
+    "rs_solov2": (60, ["SOLVER.STEPS", "(50,)", "MODEL.SOLOV2.SCORE_THR", "0.05"], 2.5),
+}
+
+
+@pytest.fixture(scope="module")
+def solo_runs(tmp_path_factory):
+    from rsloss_d2.data.synthetic import generate_all
+
+    root = str(tmp_path_factory.mktemp("solo_datasets"))
+    generate_all(root, num_train=16, num_val=4, image_size=128, seed=0, progress=False,
+                 which=("shapes",))
+    runs = {}
+    for name, (iters, extra, _) in RUNS.items():
+        out = str(tmp_path_factory.mktemp(name))
+        cfg = os.path.join(REPO, "configs", "shapes", f"{name}_R_18_FPN_quick.yaml")
+        args = OVERRIDES + ["SOLVER.MAX_ITER", str(iters)] + extra
+        proc = run_train_net(["--config-file", cfg, "OUTPUT_DIR", out] + args, root)
+        runs[name] = {"log": proc.stdout, "results": parse_copypaste(proc.stdout),
+                      "metrics": read_metrics(out)}
+    return runs
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_short_training_evaluates_above_floor(solo_runs, name):
+    run = solo_runs[name]
+    iters, _, floor = RUNS[name]
+    segm = run["results"]["segm"]
+    assert segm["AP"] > floor, segm
+    assert "oLRP" in run["log"]  # Optimal LRP evaluated beside AP on the SOLO masks
+    train = [m for m in run["metrics"] if "solov2/num_pos_cells" in m]
+    assert len(train) >= iters // 20 - 1
+    assert all(m["solov2/num_pos_cells"] > 0 for m in train)
+    if name == "rs_solov2":
+        assert all(m["solov2/lambda"] > 0 for m in train)
+        assert {"loss_rank", "loss_sort", "loss_ins"} <= set(train[-1])
+    else:
+        assert {"loss_cate", "loss_ins"} <= set(train[-1])
+        assert train[-1]["loss_ins"] < train[0]["loss_ins"]
+
+
+def test_vanilla_solo_fits_a_fixed_batch():
+    """SOLO (one mask channel per cell): 40 SGD steps on one batch lower the dice and focal
+    losses and raise the mean dice coefficient of the positive masks."""
+    cfg = get_cfg()
+    add_rsloss_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, "configs", "shapes", "solo_R_18_FPN_quick.yaml"))
+    cfg.merge_from_list(["MODEL.SOLOV2.NUM_GRIDS", [12, 10, 8, 6, 4],
+                         "MODEL.SOLOV2.FPN_SCALE_RANGES",
+                         [[1, 16], [8, 32], [16, 64], [32, 128], [64, 256]]])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    optimizer = build_optimizer(cfg, model)
+    batch = random_image_batch(2, (64, 64), 3, seed=2)
+    history = []
+    with EventStorage(0) as storage:
+        for _ in range(40):
+            losses = model(batch)
+            total = sum(losses.values())
+            optimizer.zero_grad()
+            total.backward()
+            optimizer.step()
+            history.append({k: float(v.detach()) for k, v in losses.items()})
+            history[-1]["dice"] = storage.history("solov2/dice_coef_mean").latest()
+            storage.step()
+    first, last = history[0], history[-1]
+    assert last["loss_ins"] < 0.7 * first["loss_ins"], (first, last)
+    assert last["loss_cate"] < 0.7 * first["loss_cate"], (first, last)
+    assert last["dice"] > first["dice"] + 0.2, (first, last)
