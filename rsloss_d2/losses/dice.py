@@ -19,8 +19,8 @@ def dice_coefficient(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3
         eps: added to each of the two squared sums (SOLO 0.001 each).
 
     Returns:
-        (N,) coefficients in the dtype of ``pred`` (computed in at least float32); N = 0 gives
-        an empty tensor attached to ``pred``.
+        (N,) coefficients in float32 (float64 inputs stay float64; fp16 / bf16 under autocast
+        are computed and returned in float32); N = 0 gives an empty tensor attached to ``pred``.
     """
     if pred.shape != target.shape:
         raise ValueError(f"dice: pred {tuple(pred.shape)} vs target {tuple(target.shape)}")
@@ -30,7 +30,7 @@ def dice_coefficient(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3
     a = (p * m).sum(dim=1)
     b = (p * p).sum(dim=1) + eps
     c = (m * m).sum(dim=1) + eps
-    return (2 * a / (b + c)).to(pred.dtype)
+    return 2 * a / (b + c)
 
 
 def dice_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:

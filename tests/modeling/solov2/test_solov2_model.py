@@ -110,3 +110,13 @@ def test_inference_format(variant):
         out = model(batch)
     assert all(len(o["instances"]) == 0 for o in out)
     assert out[1]["instances"].pred_masks.shape == (0, 128, 192)
+
+
+@pytest.mark.parametrize("variant", ["solov2", "rs_solov2"])
+def test_bf16_autocast_step_gives_fp32_losses(variant):
+    model = tiny_model(variant)
+    model.train()
+    with EventStorage(0), torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(random_image_batch(2, (64, 64), 3))
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
