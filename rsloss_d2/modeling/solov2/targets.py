@@ -101,9 +101,8 @@ def mask_centers(masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch
         masks: (K, H, W) bool. Returns c_y (K,), c_x (K,), area (K,) (c = 0 for empty masks).
     """
     k, h, w = masks.shape
-    m = masks.to(torch.float64)
-    rows = m.sum(dim=2)  # (K, H)
-    cols = m.sum(dim=1)  # (K, W)
+    rows = masks.sum(dim=2).to(torch.float64)  # (K, H) exact integer counts, no K×H×W copy
+    cols = masks.sum(dim=1).to(torch.float64)  # (K, W)
     area = rows.sum(dim=1)
     ys = torch.arange(h, dtype=torch.float64, device=masks.device)
     xs = torch.arange(w, dtype=torch.float64, device=masks.device)
