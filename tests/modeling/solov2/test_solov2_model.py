@@ -120,3 +120,29 @@ def test_bf16_autocast_step_gives_fp32_losses(variant):
         losses = model(random_image_batch(2, (64, 64), 3))
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values()), losses
     sum(losses.values()).backward()
+
+
+def test_crowd_annotations_are_ignored(tmp_path):
+    """Detectron2's mapper drops iscrowd annotations (the official code sends them to the unused
+    gt_bboxes_ignore): only the normal object becomes a GT and trains cells."""
+    from PIL import Image
+    from detectron2.data import DatasetMapper
+    from detectron2.structures import BoxMode
+
+    path = str(tmp_path / "img.png")
+    Image.fromarray(np.full((64, 64, 3), 90, dtype=np.uint8)).save(path)
+
+    def ann(x, y, crowd):
+        poly = [x, y, x + 24, y, x + 24, y + 24, x, y + 24]
+        return {"bbox": [x, y, 24, 24], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1,
+                "segmentation": [poly], "iscrowd": crowd}
+    record = {"file_name": path, "height": 64, "width": 64, "image_id": 0,
+              "annotations": [ann(4, 4, 0), ann(34, 34, 1)]}
+    model = tiny_model("solov2")
+    cfg = get_cfg()
+    add_rsloss_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, "configs", "shapes", "solov2_R_18_FPN_quick.yaml"))
+    inp = DatasetMapper(cfg, is_train=True)(record)
+    assert len(inp["instances"]) == 1
+    losses, storage = check_step(model, [inp])
+    assert storage.history("solov2/num_pos_cells").latest() > 0
