@@ -201,6 +201,8 @@ def add_rsloss_config(cfg):
     _C.MODEL.YOLACT.NUM_PROTOTYPES = 32
     # Channels of the shared head conv and of the protonet convs (official 256).
     _C.MODEL.YOLACT.CONV_DIM = 256
+    # Norm after the shared head conv and the protonet 3x3 convs ("" official; "GN" from scratch).
+    _C.MODEL.YOLACT.HEAD_NORM = ""
     # Loss: "softmax_ohem" (YOLACT: softmax CE + OHEM, SmoothL1, mask BCE, semantic head) or
     # "rank_sort" (RS-YOLACT: RS Loss, score-weighted GIoU and dice, value-based balancing).
     _C.MODEL.YOLACT.LOSS = "softmax_ohem"

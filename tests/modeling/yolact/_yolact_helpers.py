@@ -17,7 +17,7 @@ YOLACT_CONFIGS = [
 ]
 SHAPES = {"softmax_ohem": "configs/shapes/yolact_R_18_quick.yaml",
           "rank_sort": "configs/shapes/rs_yolact_R_18_quick.yaml"}
-TINY = ["MODEL.YOLACT.INPUT_SIZE", "64", "MODEL.YOLACT.CONV_DIM", "16",
+TINY = ["MODEL.YOLACT.INPUT_SIZE", "64", "MODEL.YOLACT.CONV_DIM", "32",
         "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.YOLACT.NUM_CLASSES", "3",
         "MODEL.YOLACT.NUM_PROTOTYPES", "8"]
 
