@@ -25,6 +25,8 @@ def add_rsloss_config(cfg):
     _C.TEST.BASELINE_NAME = ""
     # Its results as "metric=value" pairs separated by commas, e.g. "bbox/AP=52.6,segm/AP=55.0".
     _C.TEST.BASELINE_RESULTS = ""
+    # The test set those results were measured on: the table is printed only for it.
+    _C.TEST.BASELINE_DATASET = ""
 
     # ---------------------------------------------------------------- datasets
     # Stop before training when the head's NUM_CLASSES differs from the number of categories of
