@@ -200,6 +200,9 @@ def setup(args):
     register_datasets(args)
     cfg = build_cfg(args)
     default_setup(cfg, args)
+    # default_setup configures the "detectron2" and "fvcore" loggers only; rsloss_d2's modules
+    # log under "rsloss_d2.*" (self-balance period, tail classes, ...): same console and log.txt
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="rsloss_d2")
     return cfg
 
 
