@@ -129,12 +129,12 @@ def test_inference_outputs_full_image_masks_and_visualizer_draws():
 
 def test_warns_when_the_ssd_augmentation_was_not_applied(caplog):
     model, _ = tiny_model("rank_sort", opts=["INPUT.SSD_AUGMENTATION.ENABLED", "True"])
-    batch = [make_input(boxes=[(5, 5, 30, 40)], classes=[0])]
+    batch = [make_input(boxes=[(5, 5, 30, 40)], classes=[0]), make_input(seed=1)]
     with caplog.at_level("WARNING"):
         _train_step(model, batch)
     assert "did not come from SSDDatasetMapper" in caplog.text
     caplog.clear()
     model2, _ = tiny_model("rank_sort", opts=["INPUT.SSD_AUGMENTATION.ENABLED", "True"])
     with caplog.at_level("WARNING"):
-        _train_step(model2, [dict(batch[0], ssd_augmented=True)])
+        _train_step(model2, [dict(x, ssd_augmented=True) for x in batch])
     assert "SSDDatasetMapper" not in caplog.text
