@@ -12,10 +12,13 @@ from rsloss_d2.layers import CARAFE, ModulatedDeformConv2d
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO, "configs", "ranksort_loss")
-LEAVES = sorted(
+ALL_LEAVES = sorted(
     os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))
     if not os.path.basename(p).startswith("Base-")
 )
+# the RS R-CNN family (the other families' yamls here are built by their own tests:
+# tests/modeling/test_dense_configs.py, tests/modeling/yolact/, tests/modeling/solov2/)
+LEAVES = [n for n in ALL_LEAVES if "rcnn" in n]
 
 
 def load(name):
@@ -30,7 +33,7 @@ def load(name):
 def test_every_paper_row_has_a_config():
     assert len(LEAVES) == 12, LEAVES
     readme = open(os.path.join(CONFIG_DIR, "README.md")).read()
-    for name in LEAVES:
+    for name in ALL_LEAVES:
         assert name in readme, name
 
 

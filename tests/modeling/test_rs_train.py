@@ -81,7 +81,7 @@ def test_inference_sigmoid_scores_and_threshold():
 
 
 def _yamls():
-    return sorted(glob.glob(os.path.join(REPO, "configs", "shapes", "rs_*.yaml"))
+    return sorted(glob.glob(os.path.join(REPO, "configs", "shapes", "rs_*rcnn*.yaml"))
                   + glob.glob(os.path.join(REPO, "configs", "shapes", "faster_rcnn_*.yaml"))
                   + glob.glob(os.path.join(REPO, "configs", "shapes_lt", "*.yaml")))
 
