@@ -115,6 +115,8 @@ class Trainer(DefaultTrainer):
                     f"{getattr(self, 'eval_only_command', '--eval-only MODEL.WEIGHTS ' + final)}")
             raise
         results = getattr(self, "_last_eval_results", None)
+        if results and len(self.cfg.DATASETS.TEST) == 1:  # DefaultTrainer.test unwraps one set
+            results = {self.cfg.DATASETS.TEST[0]: results}
         if comm.is_main_process() and results:
             comparison = format_baseline_comparison(self.cfg, results)
             if comparison:

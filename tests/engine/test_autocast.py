@@ -1,6 +1,7 @@
 """CPU mixed precision: TrainingAutocast runs the training forward in bf16 (the losses stay
 finite and fp32), inference in fp32; tools/train_net.py trains with SOLVER.AMP.ENABLED on CPU."""
 import os
+import re
 
 import pytest
 import torch
@@ -62,10 +63,15 @@ def test_train_net_with_amp_on_cpu(shapes_root, tmp_path):
     out = str(tmp_path)
     proc = run_train_net(["--config-file", os.path.join(REPO, "configs", "shapes",
                                                         "rs_mask_rcnn_R_18_FPN_quick.yaml"),
-                          "OUTPUT_DIR", out, "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "3",
+                          "OUTPUT_DIR", out, "SOLVER.MAX_ITER", "3",
                           "SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TRAIN", "(128,)",
-                          "DATALOADER.NUM_WORKERS", "0", "SOLVER.AMP.ENABLED", "True"],
+                          "INPUT.MIN_SIZE_TEST", "128", "DATALOADER.NUM_WORKERS", "0",
+                          "SOLVER.AMP.ENABLED", "True"],
                          shapes_root)
     rows = [r for r in read_metrics(out) if "total_loss" in r]
     assert rows and all(torch.isfinite(torch.tensor(r["total_loss"])) for r in rows)
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
+    # the final evaluation ran (in fp32) on shapes_val, and the main job's config printed its
+    # comparison with the baseline's numbers (TEST.BASELINE_*) beside this run's
+    assert "Comparison with the baseline on shapes_val" in proc.stdout
+    assert re.search(r"segm/AP\s+[\d.]+\s+53\.2", proc.stdout), proc.stdout[-2000:]
