@@ -36,7 +36,7 @@ def add_rsloss_config(cfg):
     # ---------------------------------------------------------------- scaling out
     # Images per process the config's numbers (lr, ranking statistics) were made for: ranking
     # losses rank within each process's images, so tools/train_net.py warns when a run's images
-    # per process differ (0: not recorded). Paper configs: 4 (4 GPUs x 4 images).
+    # per process differ (0: not recorded). Paper configs: the official images per GPU (README).
     _C.SOLVER.REFERENCE_IMS_PER_PROCESS = 0
 
     # ---------------------------------------------------------------- ranking losses

@@ -135,15 +135,21 @@ class ALRPSelfBalance(nn.Module):
     with the two *unweighted* losses; their detached values are accumulated on the device (no host
     synchronisation) and after every ``period`` calls
     ``weight = (mean L_loc + mean L_cls) / mean L_loc`` and the accumulators are reset (if the
-    mean L_loc is 0 the weight is kept rather than set to inf).
+    mean L_loc is 0, or no iteration of the period counted, the weight is kept).
     ``period`` should be the number of iterations per epoch, derived from dataset size and batch
     size by the caller (the official heads hard-code 3665 / 7330).
 
     Cross-process behaviour: by default every process keeps its own statistics, like the official
-    code, so the weights may differ slightly between GPUs. Pass ``reduce_fn`` to make them
-    identical: it is called with a float64 tensor ``[Σ L_cls, Σ L_loc, count]`` at each update of
-    the weight (on every process, at the same iteration) and must return the cross-process sum,
-    e.g. ``lambda x: (torch.distributed.all_reduce(x), x)[1]``.
+    code, so the weights may differ slightly between GPUs. Pass ``reduce_fn`` to make the weight
+    **and** the accumulated sums identical on every process: every :meth:`update` calls it with
+    this process's float64 contribution ``[L_cls, L_loc, count]`` (count 1, or 0 for
+    ``valid=False``) and accumulates its result, which must be the cross-process sum, e.g.
+    ``lambda x: (torch.distributed.all_reduce(x), x)[1]``. Every process must then call
+    :meth:`update` at every iteration (``valid=False`` in an iteration without positives: it adds
+    nothing to the sums but advances the period counter, so the counters stay in lockstep and the
+    collectives match); the weight is the rule above with the means taken over all
+    (process, iteration) pairs that had positives. As the sums are identical everywhere, rank 0's
+    checkpoint restores them exactly on every process.
 
     State (``weight``, the sums and the call counter) lives in buffers, so it is saved and
     restored with the model's ``state_dict`` and moves with ``.to(device)``. Note: as a
@@ -168,22 +174,27 @@ class ALRPSelfBalance(nn.Module):
         self.register_buffer("num_calls", torch.zeros((), dtype=torch.long))
         self._calls = 0  # host mirror of ``num_calls`` (kept in sync, avoids a sync per step)
 
-    def update(self, loss_cls: torch.Tensor, loss_loc: torch.Tensor) -> torch.Tensor:
-        """Accumulate one iteration; returns the (possibly new) weight (float32 scalar tensor)."""
+    def update(self, loss_cls: torch.Tensor, loss_loc: torch.Tensor,
+               valid: bool = True) -> torch.Tensor:
+        """Accumulate one iteration; returns the (possibly new) weight (float32 scalar tensor).
+
+        ``valid=False`` (no positives in this iteration; only meaningful with ``reduce_fn``):
+        the losses are not accumulated, the period counter still advances.
+        """
         dev = self.stats.device
-        one = torch.ones((), dtype=torch.float64, device=dev)
-        vals = torch.stack([
-            torch.as_tensor(loss_cls).detach().to(device=dev, dtype=torch.float64).reshape(()),
-            torch.as_tensor(loss_loc).detach().to(device=dev, dtype=torch.float64).reshape(()),
-            one,
-        ])
+        if valid:
+            losses = [torch.as_tensor(x).detach().to(device=dev, dtype=torch.float64).reshape(())
+                      for x in (loss_cls, loss_loc)]
+            vals = torch.stack(losses + [torch.ones((), dtype=torch.float64, device=dev)])
+        else:
+            vals = torch.zeros(3, dtype=torch.float64, device=dev)
+        if self.reduce_fn is not None:
+            vals = self.reduce_fn(vals)
         self.stats += vals
         self._calls += 1
         self.num_calls.fill_(self._calls)
         if self._calls >= self.period:
-            stats = self.stats.clone()
-            if self.reduce_fn is not None:
-                stats = self.reduce_fn(stats)
+            stats = self.stats
             mean_cls = stats[0] / stats[2]
             mean_loc = stats[1] / stats[2]
             new = (mean_loc + mean_cls) / mean_loc

@@ -12,6 +12,15 @@ Positives are the foreground rows in flat order, which is also the order of the 
 the flattened ``(R_total, C)`` target vector (one positive entry per positive row), so the
 per-positive quantities (localisation errors, IoUs) line up with the ranking losses.
 Without positives every loss is 0 attached to the graph (zero gradient, no NaN).
+
+Several processes: everything here is **per process**, as in the official heads, which reduce
+nothing across GPUs (spec ``ranking_losses.md`` §1.1): the ranking losses rank the rows of this
+process's batch and average over its positives (a global positive count would change what the
+loss is, not only its scale); AP Loss's SmoothL1 is normalised by this process's 4·P, RS's box
+loss by its Σ w_k, and RS's λ = (L_rank + L_sort) / L_box balances this process's own losses
+(per GPU in the official code, so the papers' 4-GPU numbers were trained that way); DDP then
+averages the gradients. The one cross-process statistic is the aLRP self-balance, all-reduced by
+the model (``lockstep`` below, :class:`ALRPSelfBalance` ``reduce_fn``).
 """
 from dataclasses import dataclass, field
 from typing import Dict, Optional
@@ -28,10 +37,11 @@ __all__ = ["DenseLossOutput", "alrp_dense_losses", "ap_dense_losses", "rs_dense_
 
 @dataclass
 class DenseLossOutput:
-    """Losses (for the trainer) and detached statistics (for EventStorage)."""
+    """Losses (for the trainer) and detached statistics (for EventStorage; ``None`` = not
+    defined in this iteration, see :func:`rsloss_d2.modeling.events.put_scalars`)."""
 
     losses: Dict[str, torch.Tensor]
-    stats: Dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: Dict[str, Optional[torch.Tensor]] = field(default_factory=dict)
 
 
 def alrp_dense_losses(
@@ -41,13 +51,17 @@ def alrp_dense_losses(
     pos_gt_boxes: torch.Tensor,
     self_balance: Optional[ALRPSelfBalance],
     delta: float = 1.0,
+    lockstep: bool = False,
 ) -> DenseLossOutput:
     """aLRP Loss RetinaNet (models.md §9; aLRP paper Eq. 10–12 and the SB rule of §3.4).
 
     ℓ_loc(k) = 1 − GIoU(decoded pred_k, GT_k) ∈ [0, 2] (its value enters the classification
     gradient, its gradient comes from the cumulative L_loc only). Total = L_cls + w_SB·L_loc.
     The self-balance step (``self_balance.update``) runs only in iterations with ≥ 1 positive,
-    as officially; the new weight already multiplies that iteration's L_loc.
+    as officially; the new weight already multiplies that iteration's L_loc. With ``lockstep``
+    (several processes, ``self_balance`` all-reducing its sums) it runs in every iteration, with
+    ``valid=False`` when this process has no positive, so that every process calls the
+    collective at the same iterations (see :class:`ALRPSelfBalance`).
 
     Args:
         logits: (R_total, C) classification logits.
@@ -56,10 +70,12 @@ def alrp_dense_losses(
         pos_gt_boxes: (P, 4) their GT boxes.
         self_balance: the model's :class:`ALRPSelfBalance` (``None``: weight 1, no update).
         delta: δ of the smoothed step (official 1.0).
+        lockstep: update the self-balance in every iteration (see above).
 
     Returns:
         losses ``loss_cls`` (L_cls), ``loss_bbox`` (w_SB·L_loc); stats ``loss_loc_unweighted``,
-        ``self_balance_weight``, ``self_balance_period``, ``mean_pos_giou_loss``.
+        ``self_balance_weight``, ``self_balance_period`` (with a self-balance),
+        ``mean_pos_giou_loss`` (None without positives).
     """
     num_classes = logits.shape[1]
     targets = vectorize_labels(labels, num_classes)
@@ -67,13 +83,13 @@ def alrp_dense_losses(
     loss_cls, loss_loc = alrp_loss(logits, targets, loc_errors, delta=delta)
     weight = (self_balance.weight if self_balance is not None
               else torch.ones((), device=logits.device))
-    if pos_pred_boxes.shape[0] > 0 and self_balance is not None:
-        weight = self_balance.update(loss_cls, loss_loc)
+    has_pos = pos_pred_boxes.shape[0] > 0
+    if self_balance is not None and (has_pos or lockstep):
+        weight = self_balance.update(loss_cls, loss_loc, valid=has_pos)
     stats = {"loss_loc_unweighted": loss_loc.detach(), "self_balance_weight": weight.detach()}
     if self_balance is not None:
         stats["self_balance_period"] = self_balance.period
-    if pos_pred_boxes.shape[0] > 0:
-        stats["mean_pos_giou_loss"] = loc_errors.detach().mean()
+    stats["mean_pos_giou_loss"] = loc_errors.detach().mean() if has_pos else None
     loss_bbox = weight.to(loss_loc.dtype) * loss_loc
     return DenseLossOutput({"loss_cls": loss_cls, "loss_bbox": loss_bbox}, stats)
 
@@ -127,9 +143,8 @@ def rs_dense_losses(
         ``giou_loss`` (unbalanced), ``mean_pos_iou``.
     """
     out = rs_detection_losses(logits, labels, pos_pred_boxes, pos_gt_boxes, delta=delta)
-    stats = {"lambda_bbox": out.box_lambda, "giou_loss": out.loss_box_unbalanced}
-    if out.num_pos > 0:
-        stats["mean_pos_iou"] = out.ious.mean()
+    stats = {"lambda_bbox": out.box_lambda, "giou_loss": out.loss_box_unbalanced,
+             "mean_pos_iou": out.ious.mean() if out.num_pos > 0 else None}
     return DenseLossOutput(
         {"loss_rank": out.loss_rank, "loss_sort": out.loss_sort, "loss_bbox": out.loss_box},
         stats)

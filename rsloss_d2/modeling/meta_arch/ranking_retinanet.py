@@ -18,8 +18,15 @@ batching and ``Instances`` output. Target assignment (``dense_heads/dense_assign
 ATSS / PAA rules of ``rsloss_d2.modeling.matchers``), the losses
 (``dense_heads/ranking_dense_losses.py``) and inference are separate functions.
 
-Ranking losses rank the anchors × classes of all images of the **per-process** batch (nothing is
-gathered across GPUs); the aLRP self-balance statistics are per process too (official).
+Several processes: ranking losses rank the anchors × classes of all images of the
+**per-process** batch and every normaliser (number of positives, RS λ, AP Loss's 4·P) is per
+process, as the official heads (``dense_heads/ranking_dense_losses.py`` says why). The aLRP
+self-balance weight and its accumulated sums are **all-reduced** (identical on every process;
+the official code keeps them per GPU): with world size > 1 every process updates it at every
+iteration, an iteration without positives on a process adding nothing to the sums, and the weight
+is ``(mean L_loc + mean L_cls) / mean L_loc`` over all (process, iteration) pairs with positives
+of the period. One process: the official rule (iterations without positives do not count).
+Logged statistics are cross-process means (``modeling/events.put_scalars``).
 """
 import logging
 import math
@@ -31,6 +38,7 @@ from detectron2.layers import batched_nms, cat
 from detectron2.modeling.meta_arch.build import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes, Instances
+from detectron2.utils import comm
 from fvcore.nn import sigmoid_focal_loss
 from torch.nn import functional as F
 
@@ -70,6 +78,13 @@ def self_balance_period(dataset_names: Sequence[str], ims_per_batch: int,
     return max(1, math.ceil(num / ims_per_batch))
 
 
+def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """In-place sum over the processes (identity in one): the aLRP self-balance ``reduce_fn``."""
+    if comm.get_world_size() > 1:
+        torch.distributed.all_reduce(x)
+    return x
+
+
 def _gt_tables(gt_instances):
     """(N, G_max, 4) GT boxes and (N, G_max) int64 classes, zero-padded."""
     boxes, real = padded_gt_boxes([x.gt_boxes.tensor for x in gt_instances])
@@ -87,7 +102,9 @@ class RankingRetinaNet(RetinaNet):
     EventStorage (prefix ``dense/``): ``num_pos_anchors``, ``num_neg_anchors`` (per image), and
     ``loss_loc_unweighted``, ``self_balance_weight``, ``self_balance_period``,
     ``mean_pos_giou_loss`` (aLRP),
-    ``lambda_bbox``, ``giou_loss``, ``mean_pos_iou`` (RS), ``paa_num_candidates`` (PAA).
+    ``lambda_bbox``, ``giou_loss``, ``mean_pos_iou`` (RS), ``paa_num_candidates`` (PAA); with
+    several processes each is the mean over the processes (module docstring: what is per process
+    and what is all-reduced).
     """
 
     @configurable
@@ -152,7 +169,8 @@ class RankingRetinaNet(RetinaNet):
         self.self_balance: Optional[ALRPSelfBalance] = None
         if loss_type == "aLRP":
             self.self_balance = ALRPSelfBalance(max(int(self_balance_period), 1),
-                                                init_weight=self_balance_init)
+                                                init_weight=self_balance_init,
+                                                reduce_fn=_all_reduce_sum)
         self._period_known = int(self_balance_period) > 0
 
     @classmethod
@@ -274,7 +292,8 @@ class RankingRetinaNet(RetinaNet):
             if self.loss_type == "aLRP":
                 self._ensure_period()
                 out = alrp_dense_losses(logits, labels, pred, gt_box, self.self_balance,
-                                        delta=self.rank_delta)
+                                        delta=self.rank_delta,
+                                        lockstep=comm.get_world_size() > 1)
             else:
                 out = rs_dense_losses(logits, labels, pred, gt_box, delta=self.rs_delta)
         scalars = dict(stats or {})

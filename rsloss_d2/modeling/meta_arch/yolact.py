@@ -13,6 +13,11 @@ Images are resized (bilinear, no keep-ratio) to ``INPUT_SIZE``² inside the mode
 test pipeline resizes the original image to 550×550; with ``INPUT.MIN_SIZE_TEST 0`` Detectron2's
 test mapper and ``DefaultPredictor`` pass the original image). Outputs are in the frame of the
 input dict's ``height`` / ``width``, with full-image ``pred_masks``.
+
+Several processes: OHEM, every normaliser (positives, masks trained) and RS-YOLACT's two λ's are
+**per process**, as in the official code (mmdet's YOLACT / RankSortLoss heads reduce none of
+them; the λ's balance this process's own losses); the logged ``yolact/`` statistics are the
+cross-process means (``modeling/events.put_scalars``).
 """
 import logging
 import math
@@ -225,9 +230,10 @@ class YOLACT(nn.Module):
             out = rs_yolact_losses(logits.reshape(b * r, -1), cls_labels.reshape(-1),
                                    pred_boxes, pos_gt_boxes, masks,
                                    targets.masks[img_idx, gt_idx], delta=self.rs_delta)
-            put_scalars("yolact/", {k: out[k] for k in (
-                "num_pos", "box_lambda", "mask_lambda", "loss_bbox_unbalanced",
-                "loss_mask_unbalanced", "mean_iou")})
+            stats = {k: out[k] for k in ("num_pos", "box_lambda", "mask_lambda",
+                                         "loss_bbox_unbalanced", "loss_mask_unbalanced")}
+            stats["mean_iou"] = out["mean_iou"] if out["num_pos"] > 0 else None
+            put_scalars("yolact/", stats)
             return {k: out[k] for k in ("loss_rank", "loss_sort", "loss_bbox", "loss_mask")}
 
         loss_cls, normaliser = ohem_classification_loss(logits, state, labels, self.neg_pos_ratio)

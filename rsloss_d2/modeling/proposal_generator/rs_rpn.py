@@ -22,6 +22,11 @@ The official box coder uses stds [0.1, 0.1, 0.2, 0.2] and decodes w.r.t. a unit 
 w.r.t. the anchor gives the same IoU / GIoU, so Detectron2's ``Box2BoxTransform`` with
 ``MODEL.RPN.BBOX_REG_WEIGHTS = (10, 10, 5, 5)`` (the RS configs set it) is used. Proposal
 generation (per-level top-k, per-level NMS 0.7, post-NMS top-k) is Detectron2's, unchanged.
+
+Several processes: the ranking, the number of positives and λ are **per process** (the official
+head reduces nothing: RS Loss averages over this process's positives by definition and λ
+balances this process's own losses); the logged ``rpn/`` statistics are the cross-process means
+(``modeling/events.put_scalars``).
 """
 import math
 from typing import Dict, List, Tuple
@@ -182,9 +187,8 @@ class RSRPN(RPN):
             "num_neg_anchors": (labels == 0).sum() / num_images,
             "lambda_bbox": out.box_lambda,
             "giou_loss": out.loss_box_unbalanced,
+            "mean_pos_iou": out.ious.mean() if out.num_pos > 0 else None,
         }
-        if out.num_pos > 0:
-            stats["mean_pos_iou"] = out.ious.mean()
         put_scalars("rpn/", stats)
 
         hw = self.head_weight

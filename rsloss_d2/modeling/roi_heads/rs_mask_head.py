@@ -12,6 +12,9 @@ The RS ROI heads put ``w_k`` on each RoI (field ``rs_score_weight``) and pass
 ``L_roi_rank + L_roi_sort`` as ``cls_loss_value``; weights travel with their RoIs through the
 foreground selection and the random 200-RoI cap, so they stay aligned (the official
 ``resample_for_mask_head`` misaligns them, spec §5 — not reproduced).
+
+Several processes: L_mask and λ_mask are **per process** (official; λ_mask balances this
+process's own losses); the logged ``mask_rcnn/`` statistics are the cross-process means.
 """
 from typing import List, Optional
 
@@ -100,6 +103,11 @@ class RSMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
         num_masks, _, side, _ = pred_mask_logits.shape
         instances = [x for x in instances if len(x) > 0]
         if num_masks == 0 or not instances:
+            # the same names as below on every process (put_scalars all-reduces them)
+            stats = {"num_masks": 0, "dice_loss": 0.0}
+            if cls_loss_value is not None:
+                stats["lambda_mask"] = 0.0  # balancing_lambda of a zero loss
+            put_scalars("mask_rcnn/", stats)
             return pred_mask_logits.sum() * 0
         gt_masks = cat(
             [x.gt_masks.crop_and_resize(x.proposal_boxes.tensor, side) for x in instances], dim=0

@@ -2,7 +2,10 @@
 
 Spec: ``shared/spec/solo.md`` §5 (SOLOv2 / SOLO), §6 (RS-SOLOv2) and
 ``shared/spec/ranking_losses.md`` §2.5. All positives of the per-process batch are pooled (one
-loss call per iteration); nothing is gathered across processes.
+loss call per iteration); nothing is gathered across processes: the focal normaliser
+(``num_pos_cells + 1``), the dice mean and RS-SOLOv2's λ are per process, as in the official
+code (mmdet 1.0 SOLO / RankSortLoss-Solov2 reduce none of them; λ balances this process's own
+losses). The logged ``solov2/`` statistics are the cross-process means (``events.put_scalars``).
 """
 from __future__ import annotations
 
@@ -136,7 +139,7 @@ def solo_focal_dice_losses(
     put_scalars("solov2/", {
         "num_pos_cells": targets.num_pos_cells,
         "num_pos_masks": int(dice.losses.numel()),
-        "dice_coef_mean": (1 - dice.losses.detach()).mean() if dice.losses.numel() else 0.0,
+        "dice_coef_mean": (1 - dice.losses.detach()).mean() if dice.losses.numel() else None,
     })
     return {"loss_ins": loss_ins, "loss_cate": loss_cate}
 
@@ -171,7 +174,8 @@ def rs_solo_losses(
     p = rows.numel()
     if p == 0:
         zero = logits.sum() * 0
-        put_scalars("solov2/", {"num_pos_cells": 0, "num_pos_masks": 0, "lambda": 0.0})
+        put_scalars("solov2/", {"num_pos_cells": 0, "num_pos_masks": 0, "dice_coef_mean": None,
+                                "loss_ins_unbalanced": None, "lambda": 0.0})
         return {"loss_rank": zero, "loss_sort": zero.detach().clone(), "loss_ins": dice.anchor}
     dice_coef = (1 - dice.losses.detach()).float()
     sort_targets = torch.zeros(logits.shape[0], dtype=dice_coef.dtype, device=logits.device)
