@@ -105,6 +105,25 @@ def test_box_loss_value_and_gradient_scale():
     assert logged["fast_rcnn/mean_pos_iou"] == pytest.approx(out.ious.mean().item())
 
 
+def test_logged_appended_gt_and_proposal_iou():
+    """num_gt_pos_rois counts positives whose proposal is their GT box (appended GT);
+    mean_pos_proposal_iou is the IoU before regression, mean_pos_iou after it."""
+    pred = _predictor()
+    proposals, scores, deltas = _hand_case()
+    gt_row = proposals[0].gt_boxes.tensor[2].clone()
+    proposals[0].proposal_boxes.tensor[2] = gt_row  # the class-0 positive is an appended GT
+    with EventStorage(0) as storage:
+        _, out = pred.rs_losses((scores, deltas), proposals)
+        logged = {k: v[0] for k, v in storage.latest().items()}
+    assert logged["fast_rcnn/num_gt_pos_rois"] == pytest.approx(1 / len(proposals))
+    before = aligned_iou(proposals[0].proposal_boxes.tensor[[0, 2]],
+                         proposals[0].gt_boxes.tensor[[0, 2]])
+    assert before[1] == pytest.approx(1.0)
+    assert logged["fast_rcnn/mean_pos_proposal_iou"] == pytest.approx(before.mean().item())
+    assert logged["fast_rcnn/mean_pos_iou"] == pytest.approx(out.ious.mean().item())
+    assert abs(logged["fast_rcnn/mean_pos_iou"] - logged["fast_rcnn/mean_pos_proposal_iou"]) > 1e-3
+
+
 def test_mask_loss_value_and_gradient_scale():
     torch.manual_seed(0)
     head = RSMaskRCNNConvUpsampleHead(ShapeSpec(channels=8, height=7, width=7), num_classes=C,

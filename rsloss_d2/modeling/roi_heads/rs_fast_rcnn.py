@@ -29,7 +29,7 @@ from torch import nn
 
 from rsloss_d2.losses import gumbel_activation
 
-from ..box_losses import RSDetectionLosses, foreground_indices, rs_detection_losses
+from ..box_losses import RSDetectionLosses, aligned_iou, foreground_indices, rs_detection_losses
 from ..events import put_scalars
 
 __all__ = ["RSFastRCNNOutputLayers"]
@@ -113,7 +113,8 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
         out = rs_detection_losses(
             scores, gt_classes, pos_pred, gt_boxes[pos], delta=self.rs_delta
         )
-        self._log(scores, gt_classes, pos, out, num_images=max(len(proposals), 1))
+        self._log(scores, gt_classes, pos, out, num_images=max(len(proposals), 1),
+                  pos_proposals=proposal_boxes[pos], pos_gt_boxes=gt_boxes[pos])
         losses = {
             "loss_roi_rank": out.loss_rank,
             "loss_roi_sort": out.loss_sort,
@@ -126,17 +127,30 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
         return self.rs_losses(predictions, proposals)[0]
 
     @staticmethod
-    def _log(scores, gt_classes, pos, out: RSDetectionLosses, num_images: int):
-        """Number of positives, λ, unbalanced GIoU loss, mean IoU target, fg accuracy."""
+    def _log(scores, gt_classes, pos, out: RSDetectionLosses, num_images: int,
+             pos_proposals: torch.Tensor, pos_gt_boxes: torch.Tensor):
+        """Number of positives (and of appended GT boxes among them), λ, unbalanced GIoU loss,
+        mean IoU of the positives' proposals and of their regressed boxes, fg accuracy.
+
+        ``pos_proposals`` / ``pos_gt_boxes``: (P, 4) proposal and matched GT box of each positive.
+        """
+        proposal_ious = aligned_iou(pos_proposals, pos_gt_boxes)
         stats = {
+            # GT boxes appended to the proposals (Detectron2 / mmdet add_gt_as_proposals): their
+            # proposal is their GT box, so their box loss starts at ≈ 0 (issue 15's question)
+            "num_gt_pos_rois": (pos_proposals == pos_gt_boxes).all(dim=1).sum() / num_images,
             "num_pos_rois": out.num_pos / num_images,
             "num_rois": gt_classes.numel() / num_images,
             "lambda_bbox": out.box_lambda,
             "giou_loss": out.loss_box_unbalanced,
         }
+        # the same names on every call (None: undefined here), as put_scalars all-reduces them
+        stats["mean_pos_iou"] = stats["mean_pos_proposal_iou"] = None
+        stats["fg_cls_accuracy"] = None
         if out.num_pos > 0:
             pred = scores.detach()[pos].argmax(dim=1)
-            stats["mean_pos_iou"] = out.ious.mean()
+            stats["mean_pos_iou"] = out.ious.mean()  # regressed boxes
+            stats["mean_pos_proposal_iou"] = proposal_ious.mean()
             stats["fg_cls_accuracy"] = (pred == gt_classes[pos]).float().mean()
         put_scalars("fast_rcnn/", stats)
 

@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Per-iteration training statistics of the first iterations of one or more configs.
+
+    python tools/probe_training.py --configs configs/shapes/faster_rcnn_R_18_FPN_quick.yaml \
+        configs/shapes/rs_faster_rcnn_R_18_FPN_quick.yaml --iters 300 --seed 7 \
+        --out output/probe [--keys fast_rcnn/lambda_bbox ...] [--opts KEY VALUE ...]
+
+Each config trains with `tools/train_net.py`'s Trainer (same model, data, optimizer and LR
+schedule as a full run, SEED = --seed) for the first `--iters` iterations, without checkpoints or
+evaluation. After every step the hook records every scalar the model put into Detectron2's
+EventStorage at that iteration (the heads' λ, losses, positives, IoUs, ...) and the gradient norm
+reaching the backbone (`grad_norm/backbone`: all backbone parameters; `grad_norm/bottom_up`:
+the ResNet only), i.e. per-iteration values instead of the 20-iteration medians of metrics.json.
+
+Writes `out/<config name>.jsonl` (one line per iteration) and prints / writes `out/summary.md`:
+per config, key and window of `--window` iterations, the median, 90th percentile and maximum, so
+that spikes are visible beside the typical values.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+from detectron2.engine import HookBase, SimpleTrainer  # noqa: E402
+
+import train_net  # noqa: E402
+
+DEFAULT_KEYS = [
+    "total_loss",
+    "grad_norm/backbone",
+    "grad_norm/bottom_up",
+    "fast_rcnn/lambda_bbox",
+    "fast_rcnn/giou_loss",
+    "loss_roi_bbox",
+    "loss_box_reg",
+    "loss_cls",
+    "fast_rcnn/num_pos_rois",
+    "fast_rcnn/num_gt_pos_rois",
+    "roi_head/num_fg_samples",
+    "fast_rcnn/mean_pos_proposal_iou",
+    "fast_rcnn/mean_pos_iou",
+    "fast_rcnn/fg_cls_accuracy",
+    "rpn/num_pos_anchors",
+    "rpn/mean_pos_iou",
+    "rpn/lambda_bbox",
+    "mask_rcnn/lambda_mask",
+]
+
+
+class RecordStep(HookBase):
+    """Appends {name: value} of the scalars put at this iteration + backbone gradient norms."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def after_step(self):
+        # SimpleTrainer zeroes the gradients before the backward of the *next* step, so they are
+        # this step's here
+        model = self.trainer.model
+        model = getattr(model, "module", model)
+        row = {"iter": self.trainer.iter}
+        for name, params in (("backbone", model.backbone.parameters()),
+                             ("bottom_up", getattr(model.backbone, "bottom_up", model.backbone)
+                              .parameters())):
+            grads = [p.grad.detach().reshape(-1) for p in params if p.grad is not None]
+            if grads:
+                row[f"grad_norm/{name}"] = float(torch.linalg.vector_norm(torch.cat(grads)))
+        for key, (value, it) in self.trainer.storage.latest().items():
+            if it == self.trainer.iter:
+                row[key] = float(value)
+        self.rows.append(row)
+
+
+def probe(config, iters, seed, opts, out_dir):
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", config, "SEED", str(seed), "OUTPUT_DIR", out_dir] + opts)
+    cfg = train_net.setup(args)
+    trainer = train_net.Trainer(cfg)
+    rows = []
+    trainer._hooks = []  # no checkpointer, evaluation or writers: only the recorder
+    trainer.register_hooks([RecordStep(rows)])
+    SimpleTrainer.train(trainer, 0, iters)
+    return rows
+
+
+def summary(name, rows, keys, window):
+    lines = [f"### {name}", "", "| key | " + " | ".join(
+        f"it {s}–{min(s + window, len(rows)) - 1}" for s in range(0, len(rows), window)) + " |",
+        "|---|" + "---|" * len(range(0, len(rows), window))]
+    for key in keys:
+        cells = []
+        for start in range(0, len(rows), window):
+            vals = sorted(r[key] for r in rows[start:start + window] if key in r)
+            if not vals:
+                cells.append("–")
+                continue
+            p90 = vals[min(len(vals) - 1, int(0.9 * len(vals)))]
+            cells.append(f"{statistics.median(vals):.3g} / {p90:.3g} / {vals[-1]:.3g}")
+        if any(c != "–" for c in cells):
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", nargs="+", required=True)
+    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--window", type=int, default=50)
+    parser.add_argument("--keys", nargs="+", default=DEFAULT_KEYS)
+    parser.add_argument("--out", default="output/probe")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[])
+    a = parser.parse_args(argv)
+    os.makedirs(a.out, exist_ok=True)
+    lines = ["Cells: median / 90th percentile / maximum over the window.", ""]
+    for config in a.configs:
+        name = os.path.splitext(os.path.basename(config))[0]
+        rows = probe(config, a.iters, a.seed, a.opts, os.path.join(a.out, name))
+        with open(os.path.join(a.out, name + ".jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        lines += summary(name, rows, a.keys, a.window)
+    text = "\n".join(lines)
+    with open(os.path.join(a.out, "summary.md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
