@@ -10,7 +10,8 @@ schedule as a full run, SEED = --seed) for the first `--iters` iterations, witho
 evaluation. After every step the hook records every scalar the model put into Detectron2's
 EventStorage at that iteration (the heads' λ, losses, positives, IoUs, ...) and the gradient norm
 reaching the backbone (`grad_norm/backbone`: all backbone parameters; `grad_norm/bottom_up`:
-the ResNet only), i.e. per-iteration values instead of the 20-iteration medians of metrics.json.
+the ResNet only) and, for R-CNN heads, that of the box-regression and classification layers
+(`grad_norm/bbox_pred`, `grad_norm/cls_score`), i.e. per-iteration values instead of the 20-iteration medians of metrics.json.
 
 Writes `out/<config name>.jsonl` (one line per iteration) and prints / writes `out/summary.md`:
 per config, key and window of `--window` iterations, the median, 90th percentile and maximum, so
@@ -33,6 +34,8 @@ DEFAULT_KEYS = [
     "total_loss",
     "grad_norm/backbone",
     "grad_norm/bottom_up",
+    "grad_norm/bbox_pred",
+    "grad_norm/cls_score",
     "fast_rcnn/lambda_bbox",
     "fast_rcnn/giou_loss",
     "loss_roi_bbox",
@@ -63,9 +66,14 @@ class RecordStep(HookBase):
         model = self.trainer.model
         model = getattr(model, "module", model)
         row = {"iter": self.trainer.iter}
-        for name, params in (("backbone", model.backbone.parameters()),
-                             ("bottom_up", getattr(model.backbone, "bottom_up", model.backbone)
-                              .parameters())):
+        groups = [("backbone", model.backbone.parameters()),
+                  ("bottom_up", getattr(model.backbone, "bottom_up", model.backbone).parameters())]
+        box_predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+        if isinstance(box_predictor, torch.nn.Module) and hasattr(box_predictor, "bbox_pred"):
+            # the box-regression layer alone: how hard the box loss pushes the regressor
+            groups += [("bbox_pred", box_predictor.bbox_pred.parameters()),
+                       ("cls_score", box_predictor.cls_score.parameters())]
+        for name, params in groups:
             grads = [p.grad.detach().reshape(-1) for p in params if p.grad is not None]
             if grads:
                 row[f"grad_norm/{name}"] = float(torch.linalg.vector_norm(torch.cat(grads)))
