@@ -1,6 +1,10 @@
 """Cross-process semantics of a tiny aLRP RankingRetinaNet: a 2-process gloo run (2 + 2 images,
 DDP with ``broadcast_buffers=False`` as tools/train_net.py) against a 1-process run over the same
-4 images.
+4 images. The 2-process run is made twice (the ``runs`` fixture's two parameters): two processes
+of one launcher (``mp.spawn``), and two "machines" of one process each on this host, i.e.
+Detectron2's ``launch(num_gpus_per_machine=1, num_machines=2, machine_rank=r,
+dist_url="tcp://127.0.0.1:PORT")`` called in two separate OS processes (gloo, CUDA hidden), as
+``tools/train_net.py --num-machines 2 --machine-rank r`` does. Every check below holds for both:
 
 * the aLRP self-balance weight, its sums and its counter are identical on both processes and
   follow the documented rule: after the period boundary ``w = (mean L_loc + mean L_cls) /
@@ -15,8 +19,11 @@ DDP with ``broadcast_buffers=False`` as tools/train_net.py) against a 1-process 
 """
 import datetime
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -113,16 +120,106 @@ def _put_scalars_cases(rank):
     return mixed, error
 
 
+def _record(rank, world, out_dir):
+    """The run of one process of a 2-process group, saved to ``out_dir/rank{rank}.pt``."""
+    result = _run(rank, world, ckpt_dir=out_dir)
+    torch.save(result + _put_scalars_cases(rank), os.path.join(out_dir, f"rank{rank}.pt"))
+
+
 def _worker(rank, world, port, out_dir):
+    """One of the two processes started by ``mp.spawn``."""
     torch.set_num_threads(1)
     # a mismatch of the collectives fails after 60 s instead of hanging the test session
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
-        result = _run(rank, world, ckpt_dir=out_dir)
-        torch.save(result + _put_scalars_cases(rank), os.path.join(out_dir, f"rank{rank}.pt"))
+        _record(rank, world, out_dir)
     finally:
         dist.destroy_process_group()
+
+
+def _machine(machine_rank, port, out_dir):
+    """One "machine" (its own OS process, see ``_launch_two_machines``): Detectron2's ``launch``
+    with one process on this machine, two machines in all. ``launch`` starts the process and
+    joins the gloo group (no CUDA) with the given timeout."""
+    from detectron2.engine import launch
+
+    launch(_machine_worker, 1, num_machines=2, machine_rank=machine_rank,
+           dist_url=f"tcp://127.0.0.1:{port}", args=(machine_rank, out_dir),
+           timeout=datetime.timedelta(seconds=60))
+
+
+def _machine_worker(machine_rank, out_dir):
+    """The process that ``launch`` started on machine ``machine_rank``."""
+    from detectron2.utils import comm
+
+    torch.set_num_threads(1)
+    topology = {"machine_rank": machine_rank, "rank": comm.get_rank(),
+                "world_size": comm.get_world_size(), "local_rank": comm.get_local_rank(),
+                "local_size": comm.get_local_size(), "backend": str(dist.get_backend())}
+    torch.save(topology, os.path.join(out_dir, f"topology{machine_rank}.pt"))
+    _record(comm.get_rank(), comm.get_world_size(), out_dir)
+
+
+# the entry point of each "machine": python -c _MACHINE_ENTRY MACHINE_RANK PORT OUT_DIR
+_MACHINE_ENTRY = (
+    "import sys; sys.path[:0] = {paths!r}; import test_cross_process_stats as t; "
+    "t._machine(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])")
+MACHINES_TIMEOUT = 120  # s, both machines together (the run itself: 15 s on 2 idle cores)
+
+
+def _launch_two_machines(out_dir, timeout=MACHINES_TIMEOUT, attempts=3):
+    """Start the two "machines" as two OS processes and wait for both; fail with the output of
+    both. The port found free here can be taken before machine 0 listens on it (another process's
+    outgoing connection): then (EADDRINUSE) the run is repeated on another port."""
+    for attempt in range(attempts):
+        failure, outputs = _start_two_machines(out_dir, _free_port(), timeout)
+        if failure is None:
+            return
+        if not any("EADDRINUSE" in out for out in outputs):
+            break
+    raise AssertionError(f"two-machine launch (attempt {attempt + 1}): {failure}" + "".join(
+        f"\n--- machine {r}, last lines of its output ---\n{out[-4000:]}"
+        for r, out in enumerate(outputs)))
+
+
+def _start_two_machines(out_dir, port, timeout):
+    """One try: the machines in their own process groups; as soon as one fails or the time is
+    up, both are killed with the processes ``launch`` started. -> (failure or None, outputs)."""
+    entry = _MACHINE_ENTRY.format(paths=[os.path.join(REPO, "tests"), os.path.dirname(__file__)])
+    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")  # gloo on CPU
+    env.setdefault("OMP_NUM_THREADS", "1")
+    logs = [os.path.join(out_dir, f"machine{r}.log") for r in range(2)]
+    procs = []
+    for r, log in enumerate(logs):
+        with open(log, "w") as f:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", entry, str(r), str(port), out_dir], cwd=REPO, env=env,
+                stdout=f, stderr=subprocess.STDOUT, start_new_session=True))
+    deadline, reason = time.monotonic() + timeout, None
+    try:
+        while any(p.poll() is None for p in procs):
+            if any(p.returncode not in (None, 0) for p in procs):
+                reason = "a machine failed"
+                break
+            if time.monotonic() > deadline:
+                reason = f"timed out after {timeout} s"
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:  # not reaped: its process group exists
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    codes = [p.returncode for p in procs]
+    outputs = []
+    for log in logs:
+        with open(log, errors="replace") as f:
+            outputs.append(f.read())
+    if reason is None and codes == [0, 0]:
+        return None, outputs
+    return (f"{reason or 'a machine failed'}, exit codes {codes} (-9: killed here), "
+            f"port {port}"), outputs
 
 
 def _free_port():
@@ -131,13 +228,38 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _load_ranks(out):
+    return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(2)]
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def one_process():
+    """The 1-process run over the same 4 images, per step."""
+    return _run(0, 1)[0]
+
+
+@pytest.fixture(scope="module")
+def machine_runs(tmp_path_factory):
+    """The two-"machine" run: (per-rank results, per-machine topology seen by the process)."""
+    out = str(tmp_path_factory.mktemp("cross_machine"))
+    _launch_two_machines(out)
+    return _load_ranks(out), [torch.load(os.path.join(out, f"topology{r}.pt")) for r in range(2)]
+
+
+@pytest.fixture(scope="module", params=["2_processes", "2_machines"])
+def runs(request, tmp_path_factory, one_process):
+    """(per-rank results of the 2-process run, the 1-process run)."""
+    if request.param == "2_machines":
+        return request.getfixturevalue("machine_runs")[0], one_process
     out = str(tmp_path_factory.mktemp("cross_process"))
     mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
-    two = [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(2)]
-    one, _ = _run(0, 1)
-    return two, one
+    return _load_ranks(out), one_process
+
+
+def test_two_machines_are_two_launches_of_one_process_each(machine_runs):
+    _, topology = machine_runs
+    assert topology == [{"machine_rank": r, "rank": r, "world_size": 2, "local_rank": 0,
+                         "local_size": 1, "backend": "gloo"} for r in range(2)]
 
 
 def _has_pos(rank, step):
@@ -173,8 +295,8 @@ def test_self_balance_is_identical_on_every_process_and_follows_the_rule(runs):
     assert own[0] != pytest.approx(own[1], rel=1e-3)
 
 
-def test_one_process_keeps_the_official_rule(runs):
-    one = runs[1]
+def test_one_process_keeps_the_official_rule(one_process):
+    one = one_process
     assert [r["num_calls"] for r in one] == [1, 2, 0, 1]
     cls = sum(r["loss_cls"] for r in one[:PERIOD]) / PERIOD
     loc = sum(r["loss_loc"] for r in one[:PERIOD]) / PERIOD
