@@ -1,0 +1,40 @@
+"""tools/measure_box_regression.py: IoU of the positive RPN proposals before / after the box
+head's regression (appended GT boxes left out)."""
+import torch
+
+from test_demo_and_plots import _load_tool
+
+
+def test_regression_gain_of_known_deltas(shapes_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", shapes_root)
+    tool = _load_tool("measure_box_regression")
+    import train_net
+    from detectron2.checkpoint import DetectionCheckpointer
+    from rsloss_d2.modeling.box_losses import aligned_iou
+
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", "configs/shapes/rs_faster_rcnn_R_18_FPN_quick.yaml",
+         "SOLVER.IMS_PER_BATCH", "2"])
+    cfg = train_net.build_cfg(args)
+    model = train_net.Trainer.build_model(cfg)
+    pred = model.roi_heads.box_predictor.bbox_pred
+    # zero regression: every box stays its proposal -> after == before
+    torch.nn.init.zeros_(pred.weight)
+    torch.nn.init.zeros_(pred.bias)
+    weights = str(tmp_path / "zero.pth")
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("zero")
+    before, after = tool.main(["--config-file", "configs/shapes/rs_faster_rcnn_R_18_FPN_quick.yaml",
+                               "--weights", weights, "--batches", "2",
+                               "SOLVER.IMS_PER_BATCH", "2"])
+    assert before.numel() > 0
+    assert torch.allclose(before, after, atol=1e-6)
+    assert (before < 1).all()  # appended GT boxes (IoU 1) are left out
+    # a constant delta (widen every box by exp(1/5)) changes every IoU as computed by hand
+    torch.nn.init.constant_(pred.bias.view(-1, 4)[:, 2:], 1.0)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("wide")
+    before2, after2 = tool.main(["--config-file", "configs/shapes/rs_faster_rcnn_R_18_FPN_quick.yaml",
+                                 "--weights", str(tmp_path / "wide.pth"), "--batches", "2",
+                                 "SOLVER.IMS_PER_BATCH", "2"])
+    assert torch.allclose(before2, before)  # same batches, same proposals
+    assert not torch.allclose(after2, before2, atol=1e-3)
+    assert tool.summary_line("x", before2, after2).startswith(f"x: {before.numel()} positive")
