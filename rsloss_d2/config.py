@@ -110,6 +110,11 @@ def add_rsloss_config(cfg):
     # Test score activation of the RS box predictor (RSFastRCNNOutputLayers): "sigmoid"
     # (official RS) or "gumbel" (RS-Mask R-CNN + Gumbel scores).
     _C.MODEL.RS_ROI_HEADS.CLS_ACTIVATION = "sigmoid"
+    # Whether the GT boxes appended to the proposals enter the RS box heads' GIoU loss and λ
+    # (True: official). False is a safeguard for from-scratch / short schedules: their box loss is
+    # ≈ 0 while the regressor is untrained, so λ = (L_rank + L_sort) / L_box explodes when they are
+    # most of the positives (configs/shapes/README.md, issue 15).
+    _C.MODEL.RS_ROI_HEADS.BOX_LOSS_ON_GT_PROPOSALS = True
 
     # ---------------------------------------------------------------- ranking-loss dense detectors
     # (RankingRetinaNet: aLRP / AP-Loss RetinaNet, RS-ATSS, RS-PAA; Detectron2's MODEL.RETINANET

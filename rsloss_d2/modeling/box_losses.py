@@ -111,6 +111,7 @@ def rs_detection_losses(
     pos_pred_boxes: torch.Tensor,
     pos_gt_boxes: torch.Tensor,
     delta: float = 0.5,
+    box_loss_mask: "torch.Tensor | None" = None,
 ) -> RSDetectionLosses:
     """RS Loss with IoU sorting targets + score-weighted, value-balanced GIoU loss (spec §2.5).
 
@@ -138,6 +139,8 @@ def rs_detection_losses(
             class-specific regressor, the box of the GT class.
         pos_gt_boxes: (P, 4) XYXY boxes of the GTs the positives are assigned to.
         delta: δ of RS Loss (0.5 in every RS model).
+        box_loss_mask: optional (P,) bool: positives that enter L_box (and so λ); the others
+            still get their IoU sorting target and score weight. ``None`` (official): all.
 
     Returns:
         :class:`RSDetectionLosses`.
@@ -171,7 +174,8 @@ def rs_detection_losses(
 
     weights = positive_score_weights(logits[pos_inds])
     box_losses = giou_loss(pos_pred_boxes, pos_gt_boxes)
-    loss_box = score_weighted_mean(box_losses, weights, eps=_SCORE_WEIGHT_EPS)
+    box_weights = weights if box_loss_mask is None else weights * box_loss_mask.to(weights.dtype)
+    loss_box = score_weighted_mean(box_losses, box_weights, eps=_SCORE_WEIGHT_EPS)
     lam = balancing_lambda(loss_box, loss_rank + loss_sort)  # detached; 0 if L_box == 0
     balanced = loss_box * lam  # = value_balanced(loss_box, L_rank + L_sort), λ kept for logging
     return RSDetectionLosses(

@@ -124,6 +124,55 @@ def test_logged_appended_gt_and_proposal_iou():
     assert abs(logged["fast_rcnn/mean_pos_iou"] - logged["fast_rcnn/mean_pos_proposal_iou"]) > 1e-3
 
 
+def test_safeguard_leaves_appended_gt_out_of_box_loss_and_lambda():
+    """BOX_LOSS_ON_GT_PROPOSALS False: the appended-GT positive is ranked as before but is not in
+    L_box / λ; True (official, default) keeps it."""
+    proposals, scores, deltas = _hand_case()
+    proposals[0].proposal_boxes.tensor[2] = proposals[0].gt_boxes.tensor[2].clone()
+    official = _predictor()
+    assert official.box_loss_on_gt_proposals
+    guarded = _predictor()
+    guarded.box_loss_on_gt_proposals = False
+    with EventStorage(0):
+        _, out_off = official.rs_losses((scores, deltas), proposals)
+        _, out_guard = guarded.rs_losses((scores, deltas), proposals)
+    # ranking unchanged: same positives, sorting targets, score weights and L_rank / L_sort
+    assert torch.equal(out_off.ious, out_guard.ious)
+    assert torch.equal(out_off.score_weights, out_guard.score_weights)
+    assert torch.allclose(out_off.loss_rank, out_guard.loss_rank)
+    # box loss: the score-weighted mean over both positives vs over the first (non-GT) one only
+    props = torch.cat([p.proposal_boxes.tensor for p in proposals])[[0, 2]]
+    gts = torch.cat([p.gt_boxes.tensor for p in proposals])[[0, 2]]
+    d = deltas.detach().view(4, C, 4)
+    boxes = official.box2box_transform.apply_deltas(torch.stack([d[0, 1], d[2, 0]]), props)
+    per_pos = giou_loss(boxes, gts)
+    w = out_off.score_weights
+    assert out_off.loss_box_unbalanced == pytest.approx(((w * per_pos).sum() / w.sum()).item(),
+                                                        rel=1e-5)
+    assert out_guard.loss_box_unbalanced == pytest.approx(per_pos[0].item(), rel=1e-5)
+    cls = (out_guard.loss_rank + out_guard.loss_sort).item()
+    assert out_guard.box_lambda == pytest.approx(cls / per_pos[0].item(), rel=1e-5)
+    # only the non-GT positive's deltas get a box gradient
+    deltas.grad = None
+    out_guard.loss_box.backward()
+    assert deltas.grad.view(4, C, 4)[0, 1].abs().sum() > 0
+    assert deltas.grad.view(4, C, 4)[2].abs().sum() == 0
+
+
+def test_safeguard_with_only_appended_gt_positives_gives_no_box_gradient():
+    proposals, scores, deltas = _hand_case()
+    for i in (0, 2):
+        proposals[0].proposal_boxes.tensor[i] = proposals[0].gt_boxes.tensor[i].clone()
+    guarded = _predictor()
+    guarded.box_loss_on_gt_proposals = False
+    with EventStorage(0):
+        _, out = guarded.rs_losses((scores, deltas), proposals)
+    assert out.loss_box.item() == 0 and out.box_lambda.item() == 0
+    out.loss_box.backward()
+    assert deltas.grad.abs().sum() == 0
+    assert torch.isfinite(out.loss_rank)
+
+
 def test_mask_loss_value_and_gradient_scale():
     torch.manual_seed(0)
     head = RSMaskRCNNConvUpsampleHead(ShapeSpec(channels=8, height=7, width=7), num_classes=C,
@@ -228,3 +277,11 @@ def test_batch_without_positive_rois(config):
     total.backward()
     for p in model.roi_heads.parameters():
         assert p.grad is None or torch.isfinite(p.grad).all()
+
+
+def test_box_loss_on_gt_proposals_key_reaches_the_predictor():
+    assert build(rs_cfg("rs_faster_rcnn_R_18_FPN_quick.yaml")).roi_heads.box_predictor \
+        .box_loss_on_gt_proposals is True  # official default
+    model = build(rs_cfg("rs_faster_rcnn_R_18_FPN_quick.yaml",
+                         ["MODEL.RS_ROI_HEADS.BOX_LOSS_ON_GT_PROPOSALS", "False"]))
+    assert model.roi_heads.box_predictor.box_loss_on_gt_proposals is False

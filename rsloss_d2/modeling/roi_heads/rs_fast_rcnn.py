@@ -44,12 +44,19 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
 
     @configurable
     def __init__(self, input_shape: ShapeSpec, *, rs_delta: float = 0.5,
-                 cls_activation: str = "sigmoid", **kwargs):
+                 cls_activation: str = "sigmoid", box_loss_on_gt_proposals: bool = True,
+                 **kwargs):
         """
         Args:
             input_shape: shape of the box-trunk output.
             rs_delta: δ of RS Loss.
             cls_activation: test score activation, "sigmoid" (official) or "gumbel".
+            box_loss_on_gt_proposals: True (official): the GT boxes appended to the proposals
+                are in the GIoU box loss like every positive. False: they are left out of the
+                box loss and of λ (still ranked, with their IoU as sorting target). Their box
+                loss is ≈ 0 while the regressor is untrained, so when they are most of the
+                positives (untrained RPN) λ = (L_rank + L_sort) / L_box explodes (measured up to
+                ~280 on `shapes`, configs/shapes/README.md, issue 15).
             kwargs: arguments of :class:`FastRCNNOutputLayers` (``box2box_transform``,
                 ``num_classes``, ``cls_agnostic_bbox_reg``, ``test_*``); its loss options
                 (``box_reg_loss_type``, ``loss_weight``, federated / sigmoid CE) are unused.
@@ -66,12 +73,14 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
         if cls_activation not in ("sigmoid", "gumbel"):
             raise ValueError(f"cls_activation: 'sigmoid' or 'gumbel', not {cls_activation!r}")
         self.cls_activation = cls_activation
+        self.box_loss_on_gt_proposals = box_loss_on_gt_proposals
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ret["rs_delta"] = cfg.MODEL.RANK_LOSS.RS_DELTA
         ret["cls_activation"] = cfg.MODEL.RS_ROI_HEADS.CLS_ACTIVATION
+        ret["box_loss_on_gt_proposals"] = cfg.MODEL.RS_ROI_HEADS.BOX_LOSS_ON_GT_PROPOSALS
         return ret
 
     def rs_losses(
@@ -110,8 +119,11 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
             pos_deltas = deltas.view(-1, self.num_classes, box_dim)[pos, gt_classes[pos]]
         pos_pred = self.box2box_transform.apply_deltas(pos_deltas, proposal_boxes[pos])
 
+        # appended GT boxes: the proposal is its GT box (Detectron2 add_ground_truth_to_proposals)
+        pos_is_gt = (proposal_boxes[pos] == gt_boxes[pos]).all(dim=1)
         out = rs_detection_losses(
-            scores, gt_classes, pos_pred, gt_boxes[pos], delta=self.rs_delta
+            scores, gt_classes, pos_pred, gt_boxes[pos], delta=self.rs_delta,
+            box_loss_mask=None if self.box_loss_on_gt_proposals else ~pos_is_gt,
         )
         self._log(scores, gt_classes, pos, out, num_images=max(len(proposals), 1),
                   pos_proposals=proposal_boxes[pos], pos_gt_boxes=gt_boxes[pos])
