@@ -12,6 +12,14 @@ construction) the IoU with its ground truth is measured before and after the box
 regression (the GT-class row of a class-specific regressor). Prints one line: the number of
 positives, mean IoU before / after, the share the regression improved, and the share with
 IoU >= 0.75 before / after. Used for issue 15 (configs/shapes/README.md).
+
+`--fit STEPS` (RS box predictors only) instead trains, on one fixed batch with the backbone and
+RPN frozen, the box head + predictor from the given weights for STEPS SGD steps (lr 0.02,
+momentum 0.9) with three losses, and prints the mean IoU of the positives' regressed boxes every
+`STEPS // 5` steps: `rs` (the RS head's own losses: L_rank + L_sort + λ·L_box, λ = (L_rank +
+L_sort) / L_box), `rs_box` (λ·L_box alone) and `rs_cls_l1` (L_rank + L_sort + Detectron2's L1
+box loss on the deltas, summed and divided by 512 as the standard head). It isolates how the
+value-based λ follows the falling classification loss.
 """
 import argparse
 import os
@@ -61,6 +69,59 @@ def proposal_ious(model, batches):
     return torch.cat(before), torch.cat(after)
 
 
+def fit_fixed_batch(model, batch, steps, loss_name, lr=0.02):
+    """[(step, mean IoU of the positives' regressed boxes, λ of the RS head)] every
+    steps // 5 steps."""
+    import copy
+
+    from torch.nn import functional as F
+
+    model = copy.deepcopy(model)
+    model.train()
+    heads = model.roi_heads
+    with torch.no_grad(), EventStorage(0):
+        images = model.preprocess_image(batch)
+        targets = [x["instances"].to(model.device) for x in batch]
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, targets)
+        proposals = heads.label_and_sample_proposals(proposals, targets)
+        pooled = heads.box_pooler([features[f] for f in heads.box_in_features],
+                                  [p.proposal_boxes for p in proposals])
+    classes = torch.cat([p.gt_classes for p in proposals])
+    boxes = torch.cat([p.proposal_boxes.tensor for p in proposals])
+    gt_boxes = torch.cat([p.gt_boxes.tensor for p in proposals])
+    pos = foreground_indices(classes, heads.num_classes)
+    b2b = heads.box_predictor.box2box_transform
+    target_deltas = b2b.get_deltas(boxes[pos], gt_boxes[pos])
+    params = list(heads.box_head.parameters()) + list(heads.box_predictor.parameters())
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    trace = []
+    for step in range(steps + 1):
+        scores, deltas = heads.box_predictor(heads.box_head(pooled))
+        pos_deltas = deltas.view(len(classes), -1, 4)[pos, classes[pos]]
+        with EventStorage(0):
+            losses, out = heads.box_predictor.rs_losses((scores, deltas), proposals)
+        if step % max(steps // 5, 1) == 0 or step == steps:
+            regressed = b2b.apply_deltas(pos_deltas.detach(), boxes[pos])
+            trace.append((step, float(aligned_iou(regressed, gt_boxes[pos]).mean()),
+                          float(out.box_lambda)))
+        if step == steps:
+            break
+        cls = losses["loss_roi_rank"] + losses["loss_roi_sort"]
+        if loss_name == "rs":
+            loss = cls + losses["loss_roi_bbox"]
+        elif loss_name == "rs_box":
+            loss = losses["loss_roi_bbox"]
+        elif loss_name == "rs_cls_l1":
+            loss = cls + F.l1_loss(pos_deltas, target_deltas, reduction="sum") / 512
+        else:
+            raise ValueError(loss_name)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return trace
+
+
 def summary_line(name, before, after):
     return (f"{name}: {before.numel()} positive RPN proposals, mean IoU before {before.mean():.3f}"
             f" after {after.mean():.3f} (gain {after.mean() - before.mean():+.3f}), improved "
@@ -74,6 +135,7 @@ def main(argv=None):
     parser.add_argument("--weights", required=True)
     parser.add_argument("--batches", type=int, default=15)
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--fit", type=int, default=0, help="fixed-batch fit steps (RS heads)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
     a = parser.parse_args(argv)
     args = train_net.argument_parser().parse_args(
@@ -84,6 +146,14 @@ def main(argv=None):
     model = train_net.Trainer.build_model(cfg)
     DetectionCheckpointer(model).load(a.weights)
     loader = iter(build_detection_train_loader(cfg))
+    if a.fit:
+        batch = next(loader)
+        traces = {}
+        for loss_name in ("rs", "rs_box", "rs_cls_l1"):
+            traces[loss_name] = fit_fixed_batch(model, batch, a.fit, loss_name)
+            print(f"{loss_name:10s} " + "  ".join(f"step {s}: IoU {v:.3f} λ {lam:.2f}"
+                                                   for s, v, lam in traces[loss_name]))
+        return traces
     before, after = proposal_ious(model, [next(loader) for _ in range(a.batches)])
     line = summary_line(os.path.basename(a.config_file), before, after)
     print(line)

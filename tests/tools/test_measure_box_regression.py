@@ -38,3 +38,28 @@ def test_regression_gain_of_known_deltas(shapes_root, tmp_path, monkeypatch):
     assert torch.allclose(before2, before)  # same batches, same proposals
     assert not torch.allclose(after2, before2, atol=1e-3)
     assert tool.summary_line("x", before2, after2).startswith(f"x: {before.numel()} positive")
+
+
+def test_fixed_batch_fit_traces(shapes_root, tmp_path, monkeypatch):
+    """--fit: each loss variant starts from the same boxes; the λ·L_box-only variant changes the
+    boxes, and the traced λ is the RS head's (L_rank + L_sort) / L_box."""
+    monkeypatch.setenv("DETECTRON2_DATASETS", shapes_root)
+    tool = _load_tool("measure_box_regression")
+    import train_net
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", "configs/shapes/rs_faster_rcnn_R_18_FPN_quick.yaml",
+         "SOLVER.IMS_PER_BATCH", "2"])
+    torch.manual_seed(0)
+    model = train_net.Trainer.build_model(train_net.build_cfg(args))
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("init")
+    traces = tool.main(["--config-file", "configs/shapes/rs_faster_rcnn_R_18_FPN_quick.yaml",
+                        "--weights", str(tmp_path / "init.pth"), "--fit", "5",
+                        "SOLVER.IMS_PER_BATCH", "2"])
+    assert set(traces) == {"rs", "rs_box", "rs_cls_l1"}
+    starts = {t[0][1] for t in traces.values()}
+    assert len(starts) == 1  # same batch, same weights: same first IoU
+    assert [s for s, _, _ in traces["rs_box"]] == [0, 1, 2, 3, 4, 5]
+    assert traces["rs_box"][-1][1] != traces["rs_box"][0][1]
+    assert all(lam > 0 for _, _, lam in traces["rs"])
