@@ -37,35 +37,48 @@ import train_net  # noqa: E402
 from rsloss_d2.modeling.box_losses import aligned_iou, foreground_indices  # noqa: E402
 
 
+def labelled_rois(model, batch):
+    """Proposals labelled as in training (``gt_classes``, ``gt_boxes``; appended GT boxes
+    included) and their pooled box features (R, C, 7, 7), in training mode (GroupNorm: no
+    running statistics)."""
+    model.train()
+    heads = model.roi_heads
+    with EventStorage(0):
+        images = model.preprocess_image(batch)
+        targets = [x["instances"].to(model.device) for x in batch]
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, targets)
+        proposals = heads.label_and_sample_proposals(proposals, targets)
+    pooled = heads.box_pooler([features[f] for f in heads.box_in_features],
+                              [p.proposal_boxes for p in proposals])
+    return proposals, pooled
+
+
+def gt_class_deltas(deltas, classes, pos):
+    """(P, 4) deltas of the rows `pos`: the GT-class row of a class-specific regressor."""
+    if deltas.shape[1] > 4:
+        return deltas.view(len(classes), -1, 4)[pos, classes[pos]]
+    return deltas[pos]
+
+
 @torch.no_grad()
 def proposal_ious(model, batches):
     """(before, after): (P,) IoUs of the positive RPN proposals with their GT, before and after
     the box head's regression, over all `batches` (lists of Detectron2 dataset dicts)."""
-    model.train()  # proposals and labels as in training (GroupNorm: no running statistics)
     heads = model.roi_heads
     before, after = [], []
-    with EventStorage(0):
-        for batch in batches:
-            images = model.preprocess_image(batch)
-            targets = [x["instances"].to(model.device) for x in batch]
-            features = model.backbone(images.tensor)
-            proposals, _ = model.proposal_generator(images, features, targets)
-            proposals = heads.label_and_sample_proposals(proposals, targets)
-            box_features = heads.box_head(heads.box_pooler(
-                [features[f] for f in heads.box_in_features], [p.proposal_boxes for p in proposals]))
-            _, deltas = heads.box_predictor(box_features)
-            classes = torch.cat([p.gt_classes for p in proposals])
-            boxes = torch.cat([p.proposal_boxes.tensor for p in proposals])
-            gt_boxes = torch.cat([p.gt_boxes.tensor for p in proposals])
-            pos = foreground_indices(classes, heads.num_classes)
-            pos = pos[~(boxes[pos] == gt_boxes[pos]).all(dim=1)]  # drop the appended GT boxes
-            if deltas.shape[1] > 4:  # class-specific: the GT-class row
-                pos_deltas = deltas.view(len(classes), -1, 4)[pos, classes[pos]]
-            else:
-                pos_deltas = deltas[pos]
-            regressed = heads.box_predictor.box2box_transform.apply_deltas(pos_deltas, boxes[pos])
-            before.append(aligned_iou(boxes[pos], gt_boxes[pos]))
-            after.append(aligned_iou(regressed, gt_boxes[pos]))
+    for batch in batches:
+        proposals, pooled = labelled_rois(model, batch)
+        _, deltas = heads.box_predictor(heads.box_head(pooled))
+        classes = torch.cat([p.gt_classes for p in proposals])
+        boxes = torch.cat([p.proposal_boxes.tensor for p in proposals])
+        gt_boxes = torch.cat([p.gt_boxes.tensor for p in proposals])
+        pos = foreground_indices(classes, heads.num_classes)
+        pos = pos[~(boxes[pos] == gt_boxes[pos]).all(dim=1)]  # drop the appended GT boxes
+        pos_deltas = gt_class_deltas(deltas, classes, pos)
+        regressed = heads.box_predictor.box2box_transform.apply_deltas(pos_deltas, boxes[pos])
+        before.append(aligned_iou(boxes[pos], gt_boxes[pos]))
+        after.append(aligned_iou(regressed, gt_boxes[pos]))
     return torch.cat(before), torch.cat(after)
 
 
@@ -77,16 +90,9 @@ def fit_fixed_batch(model, batch, steps, loss_name, lr=0.02):
     from torch.nn import functional as F
 
     model = copy.deepcopy(model)
-    model.train()
     heads = model.roi_heads
-    with torch.no_grad(), EventStorage(0):
-        images = model.preprocess_image(batch)
-        targets = [x["instances"].to(model.device) for x in batch]
-        features = model.backbone(images.tensor)
-        proposals, _ = model.proposal_generator(images, features, targets)
-        proposals = heads.label_and_sample_proposals(proposals, targets)
-        pooled = heads.box_pooler([features[f] for f in heads.box_in_features],
-                                  [p.proposal_boxes for p in proposals])
+    with torch.no_grad():
+        proposals, pooled = labelled_rois(model, batch)
     classes = torch.cat([p.gt_classes for p in proposals])
     boxes = torch.cat([p.proposal_boxes.tensor for p in proposals])
     gt_boxes = torch.cat([p.gt_boxes.tensor for p in proposals])
@@ -98,7 +104,7 @@ def fit_fixed_batch(model, batch, steps, loss_name, lr=0.02):
     trace = []
     for step in range(steps + 1):
         scores, deltas = heads.box_predictor(heads.box_head(pooled))
-        pos_deltas = deltas.view(len(classes), -1, 4)[pos, classes[pos]]
+        pos_deltas = gt_class_deltas(deltas, classes, pos)
         with EventStorage(0):
             losses, out = heads.box_predictor.rs_losses((scores, deltas), proposals)
         if step % max(steps // 5, 1) == 0 or step == steps:

@@ -126,7 +126,8 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
             box_loss_mask=None if self.box_loss_on_gt_proposals else ~pos_is_gt,
         )
         self._log(scores, gt_classes, pos, out, num_images=max(len(proposals), 1),
-                  pos_proposals=proposal_boxes[pos], pos_gt_boxes=gt_boxes[pos])
+                  pos_proposals=proposal_boxes[pos], pos_gt_boxes=gt_boxes[pos],
+                  pos_is_gt=pos_is_gt)
         losses = {
             "loss_roi_rank": out.loss_rank,
             "loss_roi_sort": out.loss_sort,
@@ -140,17 +141,18 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
 
     @staticmethod
     def _log(scores, gt_classes, pos, out: RSDetectionLosses, num_images: int,
-             pos_proposals: torch.Tensor, pos_gt_boxes: torch.Tensor):
+             pos_proposals: torch.Tensor, pos_gt_boxes: torch.Tensor, pos_is_gt: torch.Tensor):
         """Number of positives (and of appended GT boxes among them), λ, unbalanced GIoU loss,
         mean IoU of the positives' proposals and of their regressed boxes, fg accuracy.
 
-        ``pos_proposals`` / ``pos_gt_boxes``: (P, 4) proposal and matched GT box of each positive.
+        ``pos_proposals`` / ``pos_gt_boxes``: (P, 4) proposal and matched GT box of each positive;
+        ``pos_is_gt``: (P,) bool, the positive is an appended GT box.
         """
         proposal_ious = aligned_iou(pos_proposals, pos_gt_boxes)
         stats = {
             # GT boxes appended to the proposals (Detectron2 / mmdet add_gt_as_proposals): their
             # proposal is their GT box, so their box loss starts at ≈ 0 (issue 15's question)
-            "num_gt_pos_rois": (pos_proposals == pos_gt_boxes).all(dim=1).sum() / num_images,
+            "num_gt_pos_rois": pos_is_gt.sum() / num_images,
             "num_pos_rois": out.num_pos / num_images,
             "num_rois": gt_classes.numel() / num_images,
             "lambda_bbox": out.box_lambda,
