@@ -1,6 +1,8 @@
 """End to end: one short aLRP-Loss RetinaNet training through tools/train_net.py on the small
 generated `shapes` set (conftest.shapes_root), with the self-balance period derived from the
-dataset, then evaluation (box AP above a measured floor) and `--eval-only` of the checkpoint."""
+dataset, then evaluation (box AP above a measured floor) and `--eval-only` of the checkpoint;
+the same short training + evaluation of focal RetinaNet, AP-Loss RetinaNet, RS-ATSS and RS-PAA
+(box AP above measured floors, their own logged losses / positives in metrics.json)."""
 import json
 import math
 import os
@@ -60,3 +62,48 @@ def test_eval_only_reproduces_the_evaluation(alrp_run, tmp_path):
         dets = json.load(f)
     assert dets and all(0.05 < d["score"] <= 1 for d in dets)
     assert parse_copypaste(proc.stdout)["bbox"] == parse_copypaste(alrp_run["log"])["bbox"]
+
+
+# The other dense detectors (issue 10), same SHORT schedule and seed: config, extra overrides,
+# what the model logs itself (loss parts, positives; all must be in metrics.json and finite), and
+# the floor of the box AP. RS Loss only ranks: after 60 iterations from scratch the RS-ATSS /
+# RS-PAA scores still sit around the 0.01 prior, below the configs' test threshold 0.05 (RS-PAA:
+# no detection at all, RS-ATSS: a handful, 0.63 AP), so they are evaluated at threshold 0.0 as
+# in configs/shapes/README.md. An untrained RS-ATSS / RS-PAA then scores 0.01 / 0.02 box AP (the
+# top-100 anchors by chance; 0.0 at threshold 0.05, as the untrained focal / AP-Loss models).
+RS_EVAL = ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]
+RS_LOGGED = ("loss_rank", "loss_sort", "loss_bbox", "dense/lambda_bbox", "dense/giou_loss",
+             "dense/mean_pos_iou", "dense/num_pos_anchors")
+DENSE_RUNS = {
+    "retinanet": ("retinanet_R_18_FPN_quick.yaml", [],
+                  ("loss_cls", "loss_box_reg", "num_pos_anchors"), 0.5),
+    "ap_loss": ("ap_loss_retinanet_R_18_FPN_quick.yaml", [],
+                ("loss_cls", "loss_bbox", "dense/num_pos_anchors", "dense/num_neg_anchors"), 0.8),
+    "rs_atss": ("rs_atss_R_18_FPN_quick.yaml", RS_EVAL, RS_LOGGED, 0.6),
+    "rs_paa": ("rs_paa_R_18_FPN_quick.yaml", RS_EVAL, RS_LOGGED + ("dense/paa_num_candidates",),
+               0.6),
+}
+# Measured with exactly these settings (2026-11-29, SEED 3, conftest's shapes_root), box AP / AP50
+# with 1 torch thread | with 2 threads (the CI setting):
+#   focal RetinaNet  1.65 / 5.6 | 1.10 / 4.0
+#   AP-Loss          2.29 / 8.1 | 2.45 / 6.3
+#   RS-ATSS          1.93 / 5.1 | 2.56 / 7.2   (threshold 0.0)
+#   RS-PAA           2.39 / 9.6 | 2.02 / 7.0   (threshold 0.0)
+# Floors at about 1/2 to 1/4 of the lower value. Each run: ~23 s with 1 thread, ~17 s with 2
+# (idle 2-core machine).
+
+
+@pytest.mark.parametrize("name", sorted(DENSE_RUNS))
+def test_short_training_evaluates_above_floor(name, shapes_root, tmp_path):
+    config, extra, logged, floor = DENSE_RUNS[name]
+    out = str(tmp_path)
+    proc = run_train_net(["--config-file", os.path.join(REPO, "configs", "shapes", config),
+                          "OUTPUT_DIR", out] + SHORT + extra, shapes_root)
+    train = [m for m in read_metrics(out) if "total_loss" in m]
+    assert train and all(math.isfinite(m["total_loss"]) for m in train)
+    for m in train:
+        assert all(key in m and math.isfinite(m[key]) for key in logged), (name, m)
+        assert m[[k for k in logged if k.endswith("num_pos_anchors")][0]] > 0, (name, m)
+    bbox = parse_copypaste(proc.stdout)["bbox"]
+    print(name, {k: bbox[k] for k in ("AP", "AP50")})
+    assert bbox["AP"] > floor, (name, bbox)
