@@ -11,7 +11,9 @@ positive RPN proposal (the appended ground-truth boxes are left out: their IoU i
 construction) the IoU with its ground truth is measured before and after the box head's
 regression (the GT-class row of a class-specific regressor). Prints one line: the number of
 positives, mean IoU before / after, the share the regression improved, and the share with
-IoU >= 0.75 before / after. Used for issue 15 (configs/shapes/README.md).
+IoU >= 0.75 before / after; then a second line on the box head's output features of the same
+positives: mean L2 norm, share of active (> 0) entries and share of units never active (dead
+ReLUs, through which the regression gets no gradient). Used for issue 15 (configs/shapes/README.md).
 
 `--fit STEPS` (RS box predictors only) instead trains, on one fixed batch with the backbone and
 RPN frozen, the box head + predictor from the given weights for STEPS SGD steps (lr 0.02,
@@ -80,6 +82,27 @@ def proposal_ious(model, batches):
         before.append(aligned_iou(boxes[pos], gt_boxes[pos]))
         after.append(aligned_iou(regressed, gt_boxes[pos]))
     return torch.cat(before), torch.cat(after)
+
+
+@torch.no_grad()
+def positive_feature_stats(model, batches):
+    """Box-head output features (after its last ReLU) of the positive RPN proposals: (mean L2
+    norm, share of (positive, unit) entries > 0, share of units that are 0 on every positive).
+    The regression branch can only use — and send gradient through — active units."""
+    heads = model.roi_heads
+    feats = []
+    for batch in batches:
+        proposals, pooled = labelled_rois(model, batch)
+        classes = torch.cat([p.gt_classes for p in proposals])
+        boxes = torch.cat([p.proposal_boxes.tensor for p in proposals])
+        gt_boxes = torch.cat([p.gt_boxes.tensor for p in proposals])
+        pos = foreground_indices(classes, heads.num_classes)
+        pos = pos[~(boxes[pos] == gt_boxes[pos]).all(dim=1)]
+        feats.append(heads.box_head(pooled)[pos].flatten(1))
+    feats = torch.cat(feats)
+    active = feats > 0
+    return (float(feats.norm(dim=1).mean()), float(active.float().mean()),
+            float((~active.any(dim=0)).float().mean()))
 
 
 def fit_fixed_batch(model, batch, steps, loss_name, lr=0.02):
@@ -160,9 +183,13 @@ def main(argv=None):
             print(f"{loss_name:10s} " + "  ".join(f"step {s}: IoU {v:.3f} λ {lam:.2f}"
                                                    for s, v, lam in traces[loss_name]))
         return traces
-    before, after = proposal_ious(model, [next(loader) for _ in range(a.batches)])
+    batches = [next(loader) for _ in range(a.batches)]
+    before, after = proposal_ious(model, batches)
     line = summary_line(os.path.basename(a.config_file), before, after)
     print(line)
+    norm, active, dead = positive_feature_stats(model, batches)
+    print(f"box-head features of those positives: mean norm {norm:.2f}, active (> 0) {active:.2f},"
+          f" units never active {dead:.2f}")
     return before, after
 
 

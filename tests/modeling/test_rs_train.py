@@ -37,7 +37,9 @@ def test_trains_on_fixed_batch(config):
     # stage-2 box off its GT (IoU 0 → no positive → λ = 0, a dead stage; official behaviour).
     opts = ["MODEL.RPN.POST_NMS_TOPK_TRAIN", "300"] if "cascade" in config else []
     model = build(rs_cfg(config, opts))
-    history = train_steps(model, fixed_batch(), steps=8, lr=0.01)
+    # 12 steps: with the shapes base's GroupNorm 4-conv box head the cascade's ROI losses start
+    # to fall only after ~7 steps on this batch (6.57 -> 5.93 after 8, -> 2.5 after 12)
+    history = train_steps(model, fixed_batch(), steps=12, lr=0.01)
     assert set(history[0]) == CASES[config] | RPN_LOSSES
     roi = [sum(v for k, v in h.items() if "roi" in k or "mask" in k) for h in history]
     rpn = [sum(v for k, v in h.items() if "rpn" in k) for h in history]

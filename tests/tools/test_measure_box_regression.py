@@ -63,3 +63,30 @@ def test_fixed_batch_fit_traces(shapes_root, tmp_path, monkeypatch):
     assert [s for s, _, _ in traces["rs_box"]] == [0, 1, 2, 3, 4, 5]
     assert traces["rs_box"][-1][1] != traces["rs_box"][0][1]
     assert all(lam > 0 for _, _, lam in traces["rs"])
+
+
+def test_positive_feature_stats_count_active_and_dead_units(shapes_root, monkeypatch):
+    """The box head's last FC set by hand: units with bias > 0 and zero weights are active on
+    every positive, units with bias < 0 never; norm = sqrt(sum of the active biases²)."""
+    monkeypatch.setenv("DETECTRON2_DATASETS", shapes_root)
+    tool = _load_tool("measure_box_regression")
+    import train_net
+    from detectron2.data import build_detection_train_loader
+    from detectron2.utils.env import seed_all_rng
+
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", "configs/shapes/rs_faster_rcnn_R_18_FPN_quick.yaml",
+         "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0"])
+    cfg = train_net.build_cfg(args)
+    model = train_net.Trainer.build_model(cfg)
+    last_fc = model.roi_heads.box_head.fcs[-1]
+    dim = last_fc.out_features
+    torch.nn.init.zeros_(last_fc.weight)
+    bias = torch.full((dim,), -1.0)
+    bias[: dim // 4] = 2.0  # a quarter of the units alive
+    last_fc.bias.data.copy_(bias)
+    seed_all_rng(0)
+    batches = [next(iter(build_detection_train_loader(cfg)))]
+    norm, active, dead = tool.positive_feature_stats(model, batches)
+    assert active == 0.25 and dead == 0.75
+    assert abs(norm - (dim // 4 * 4.0) ** 0.5) < 1e-4
