@@ -63,6 +63,19 @@ def gt_class_deltas(deltas, classes, pos):
     return deltas[pos]
 
 
+def positive_rows(proposals, num_classes, drop_appended_gt=True):
+    """Concatenated (classes (R,), proposal boxes (R, 4), GT boxes (R, 4)) of labelled proposals
+    and the (P,) indices of their positives, the appended GT boxes (proposal == its GT box, IoU 1
+    by construction) left out unless ``drop_appended_gt`` is False."""
+    classes = torch.cat([p.gt_classes for p in proposals])
+    boxes = torch.cat([p.proposal_boxes.tensor for p in proposals])
+    gt_boxes = torch.cat([p.gt_boxes.tensor for p in proposals])
+    pos = foreground_indices(classes, num_classes)
+    if drop_appended_gt:
+        pos = pos[~(boxes[pos] == gt_boxes[pos]).all(dim=1)]
+    return classes, boxes, gt_boxes, pos
+
+
 @torch.no_grad()
 def proposal_ious(model, batches):
     """(before, after): (P,) IoUs of the positive RPN proposals with their GT, before and after
@@ -72,11 +85,7 @@ def proposal_ious(model, batches):
     for batch in batches:
         proposals, pooled = labelled_rois(model, batch)
         _, deltas = heads.box_predictor(heads.box_head(pooled))
-        classes = torch.cat([p.gt_classes for p in proposals])
-        boxes = torch.cat([p.proposal_boxes.tensor for p in proposals])
-        gt_boxes = torch.cat([p.gt_boxes.tensor for p in proposals])
-        pos = foreground_indices(classes, heads.num_classes)
-        pos = pos[~(boxes[pos] == gt_boxes[pos]).all(dim=1)]  # drop the appended GT boxes
+        classes, boxes, gt_boxes, pos = positive_rows(proposals, heads.num_classes)
         pos_deltas = gt_class_deltas(deltas, classes, pos)
         regressed = heads.box_predictor.box2box_transform.apply_deltas(pos_deltas, boxes[pos])
         before.append(aligned_iou(boxes[pos], gt_boxes[pos]))
@@ -93,11 +102,7 @@ def positive_feature_stats(model, batches):
     feats = []
     for batch in batches:
         proposals, pooled = labelled_rois(model, batch)
-        classes = torch.cat([p.gt_classes for p in proposals])
-        boxes = torch.cat([p.proposal_boxes.tensor for p in proposals])
-        gt_boxes = torch.cat([p.gt_boxes.tensor for p in proposals])
-        pos = foreground_indices(classes, heads.num_classes)
-        pos = pos[~(boxes[pos] == gt_boxes[pos]).all(dim=1)]
+        pos = positive_rows(proposals, heads.num_classes)[3]
         feats.append(heads.box_head(pooled)[pos].flatten(1))
     feats = torch.cat(feats)
     active = feats > 0
@@ -116,10 +121,8 @@ def fit_fixed_batch(model, batch, steps, loss_name, lr=0.02):
     heads = model.roi_heads
     with torch.no_grad():
         proposals, pooled = labelled_rois(model, batch)
-    classes = torch.cat([p.gt_classes for p in proposals])
-    boxes = torch.cat([p.proposal_boxes.tensor for p in proposals])
-    gt_boxes = torch.cat([p.gt_boxes.tensor for p in proposals])
-    pos = foreground_indices(classes, heads.num_classes)
+    classes, boxes, gt_boxes, pos = positive_rows(proposals, heads.num_classes,
+                                                  drop_appended_gt=False)
     b2b = heads.box_predictor.box2box_transform
     target_deltas = b2b.get_deltas(boxes[pos], gt_boxes[pos])
     params = list(heads.box_head.parameters()) + list(heads.box_predictor.parameters())
