@@ -77,37 +77,43 @@ def positive_rows(proposals, num_classes, drop_appended_gt=True):
 
 
 @torch.no_grad()
-def proposal_ious(model, batches):
-    """(before, after): (P,) IoUs of the positive RPN proposals with their GT, before and after
-    the box head's regression, over all `batches` (lists of Detectron2 dataset dicts)."""
+def positives_pass(model, batches):
+    """One forward per batch: (before (P,), after (P,), features (P, D)) over all `batches` —
+    IoUs of the positive RPN proposals with their GT before and after the box head's regression,
+    and the box head's output features of those positives."""
     heads = model.roi_heads
-    before, after = [], []
+    before, after, feats = [], [], []
     for batch in batches:
         proposals, pooled = labelled_rois(model, batch)
-        _, deltas = heads.box_predictor(heads.box_head(pooled))
+        box_features = heads.box_head(pooled)
+        _, deltas = heads.box_predictor(box_features)
         classes, boxes, gt_boxes, pos = positive_rows(proposals, heads.num_classes)
         pos_deltas = gt_class_deltas(deltas, classes, pos)
         regressed = heads.box_predictor.box2box_transform.apply_deltas(pos_deltas, boxes[pos])
         before.append(aligned_iou(boxes[pos], gt_boxes[pos]))
         after.append(aligned_iou(regressed, gt_boxes[pos]))
-    return torch.cat(before), torch.cat(after)
+        feats.append(box_features[pos].flatten(1))
+    return torch.cat(before), torch.cat(after), torch.cat(feats)
 
 
-@torch.no_grad()
-def positive_feature_stats(model, batches):
-    """Box-head output features (after its last ReLU) of the positive RPN proposals: (mean L2
-    norm, share of (positive, unit) entries > 0, share of units that are 0 on every positive).
-    The regression branch can only use — and send gradient through — active units."""
-    heads = model.roi_heads
-    feats = []
-    for batch in batches:
-        proposals, pooled = labelled_rois(model, batch)
-        pos = positive_rows(proposals, heads.num_classes)[3]
-        feats.append(heads.box_head(pooled)[pos].flatten(1))
-    feats = torch.cat(feats)
+def proposal_ious(model, batches):
+    """(before, after): (P,) IoUs of the positive RPN proposals with their GT, before and after
+    the box head's regression, over all `batches` (lists of Detectron2 dataset dicts)."""
+    return positives_pass(model, batches)[:2]
+
+
+def feature_stats(feats):
+    """(mean L2 norm, share of (positive, unit) entries > 0, share of units that are 0 on every
+    positive) of (P, D) box-head output features (after its last ReLU). The regression branch can
+    only use — and send gradient through — active units."""
     active = feats > 0
     return (float(feats.norm(dim=1).mean()), float(active.float().mean()),
             float((~active.any(dim=0)).float().mean()))
+
+
+def positive_feature_stats(model, batches):
+    """:func:`feature_stats` of the box head's features of the positive RPN proposals."""
+    return feature_stats(positives_pass(model, batches)[2])
 
 
 def fit_fixed_batch(model, batch, steps, loss_name, lr=0.02):
@@ -187,10 +193,10 @@ def main(argv=None):
                                                    for s, v, lam in traces[loss_name]))
         return traces
     batches = [next(loader) for _ in range(a.batches)]
-    before, after = proposal_ious(model, batches)
+    before, after, feats = positives_pass(model, batches)
     line = summary_line(os.path.basename(a.config_file), before, after)
     print(line)
-    norm, active, dead = positive_feature_stats(model, batches)
+    norm, active, dead = feature_stats(feats)
     print(f"box-head features of those positives: mean norm {norm:.2f}, active (> 0) {active:.2f},"
           f" units never active {dead:.2f}")
     return before, after
