@@ -1,0 +1,189 @@
+#!/usr/bin/env python
+"""Count the host synchronisations of a training step on CUDA, per source line.
+
+    python tools/count_host_syncs.py \
+        --config-files configs/shapes/rs_mask_rcnn_R_18_FPN_quick.yaml configs/shapes/rs_atss_R_18_FPN_quick.yaml \
+        [--warmup 3] [--iters 5] [--opts KEY VALUE ...]
+
+For each config: the model is built on CUDA with Detectron2's optimizer, a few batches of the
+config's training set are pre-loaded, ``warmup`` steps run unobserved, then ``iters`` steps
+(forward, backward, optimizer step) run under ``torch.cuda.set_sync_debug_mode("warn")``. Every
+operation that makes the host wait for the GPU (``.item()``, ``.tolist()``, ``nonzero``, boolean
+mask indexing, a device-to-host copy, ...) then issues a warning; each is attributed to the
+innermost frame of the Python stack that lies in ``rsloss_d2`` (else in ``detectron2``, else the
+innermost frame). Prints, per config, the syncs per step (mean, min, max over the observed steps)
+in ``rsloss_d2`` / ``detectron2`` / elsewhere, and every site with its syncs per step and its
+source line. Syncs of the backward pass are replayed at the ``backward()`` call and counted as
+"elsewhere".
+
+The harness itself adds none: no loss is read back inside the observed steps (Detectron2's
+trainer reads the losses once per step for its metrics; that is the trainer's, not the heads').
+"""
+import argparse
+import collections
+import itertools
+import linecache
+import os
+import sys
+import traceback
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import torch  # noqa: E402
+
+SYNC_MESSAGE = "called a synchronizing CUDA operation"  # torch's text for sync debug mode "warn"
+
+
+def attribute(stack: List[traceback.FrameSummary]) -> Tuple[str, str, traceback.FrameSummary]:
+    """(owner, site, frame) of a sync: owner "rsloss_d2", "detectron2" or "other"; frame the
+    innermost frame of that owner; site its "path:line function", path from the package on."""
+    for owner in ("rsloss_d2", "detectron2"):
+        marker = os.sep + owner + os.sep
+        for frame in reversed(stack):
+            if marker in frame.filename:
+                rel = owner + os.sep + frame.filename.rsplit(marker, 1)[1]
+                return owner, f"{rel}:{frame.lineno} {frame.name}", frame
+    frame = stack[-1]
+    return "other", f"{frame.filename}:{frame.lineno} {frame.name}", frame
+
+
+class SyncCounter:
+    """Context manager that counts the sync warnings, by site, for each ``step()`` bracket.
+
+    ``counts[i]`` is a Counter {(owner, site): n} of step i. Warnings that are not sync warnings
+    are passed on to the previous ``warnings.showwarning``.
+    """
+
+    def __init__(self, cuda: bool = True):
+        self.cuda = cuda
+        self.counts: List[collections.Counter] = []
+        self.sources: Dict[str, str] = {}
+
+    def __enter__(self):
+        self._catch = warnings.catch_warnings()
+        self._catch.__enter__()
+        warnings.simplefilter("always")
+        self._previous = warnings.showwarning
+        warnings.showwarning = self._record
+        if self.cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("default")
+        self._catch.__exit__(*exc)
+        return False
+
+    def new_step(self):
+        self.counts.append(collections.Counter())
+
+    def _record(self, message, category, filename, lineno, file=None, line=None):
+        if SYNC_MESSAGE not in str(message):
+            return self._previous(message, category, filename, lineno, file, line)
+        stack = traceback.extract_stack()[:-1]  # without this hook's frame
+        owner, site, frame = attribute(stack)
+        if not self.counts:
+            self.new_step()
+        self.counts[-1][(owner, site)] += 1
+        if site not in self.sources:
+            self.sources[site] = linecache.getline(frame.filename, frame.lineno).strip()
+
+    def summary(self) -> Tuple[Dict[str, Tuple[float, int, int]], List[Tuple[str, str, float]]]:
+        """({owner: (mean, min, max) syncs per step}, [(owner, site, mean per step)] sorted)."""
+        steps = len(self.counts) or 1
+        per_owner = {}
+        for owner in ("rsloss_d2", "detectron2", "other"):
+            n = [sum(v for (o, _), v in c.items() if o == owner) for c in self.counts] or [0]
+            per_owner[owner] = (sum(n) / steps, min(n), max(n))
+        totals = collections.Counter()
+        for c in self.counts:
+            totals.update(c)
+        sites = sorted(((o, s, v / steps) for (o, s), v in totals.items()),
+                       key=lambda t: (t[0] != "rsloss_d2", t[0], -t[2], t[1]))
+        return per_owner, sites
+
+
+def run_config(config_file: str, opts: List[str], warmup: int, iters: int,
+               num_batches: int, seed: int) -> SyncCounter:
+    from detectron2.config import get_cfg
+    from detectron2.data import build_detection_train_loader
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_optimizer
+    from detectron2.utils.events import EventStorage
+
+    from rsloss_d2 import add_rsloss_config
+    from rsloss_d2.data.transforms import build_train_mapper  # the mapper of tools/train_net.py
+
+    cfg = get_cfg()
+    add_rsloss_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(opts)
+    cfg.MODEL.DEVICE = "cuda"
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.freeze()
+    torch.manual_seed(seed)
+    loader = build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+    batches = list(itertools.islice(iter(loader), num_batches))
+    del loader
+    model = build_model(cfg)
+    model.train()
+    optimizer = build_optimizer(cfg, model)
+    counter = SyncCounter(cuda=True)
+    with EventStorage(0) as storage:
+        for i in range(warmup + iters):
+            observed = i >= warmup
+            if observed and i == warmup:
+                counter.__enter__()
+            if observed:
+                counter.new_step()
+            losses = model(batches[i % num_batches])
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+            storage.step()
+        counter.__exit__(None, None, None)
+    del model, optimizer
+    torch.cuda.empty_cache()
+    return counter
+
+
+def format_report(config_file: str, counter: SyncCounter) -> str:
+    per_owner, sites = counter.summary()
+    lines = [f"== {config_file}: host syncs per training step over {len(counter.counts)} steps"]
+    for owner, (mean, lo, hi) in per_owner.items():
+        lines.append(f"   {owner:<10} mean {mean:6.1f}  min {lo:4d}  max {hi:4d}")
+    lines.append("   | owner | site | per step | source |")
+    lines.append("   |---|---|---|---|")
+    for owner, site, mean in sites:
+        lines.append(f"   | {owner} | {site} | {mean:.1f} | `{counter.sources.get(site, '')}` |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, SyncCounter]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config-files", nargs="+", required=True)
+    parser.add_argument("--warmup", type=int, default=3, help="unobserved steps")
+    parser.add_argument("--iters", type=int, default=5, help="observed steps")
+    parser.add_argument("--num-batches", type=int, default=4, help="pre-loaded batches, cycled")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                        help="KEY VALUE pairs applied to every config (last option)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.error("needs CUDA: torch.cuda.set_sync_debug_mode only sees CUDA syncs")
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
+    out = {}
+    for config_file in args.config_files:
+        counter = run_config(config_file, list(args.opts), args.warmup, args.iters,
+                             args.num_batches, args.seed)
+        print(format_report(config_file, counter), flush=True)
+        out[config_file] = counter
+    return out
+
+
+if __name__ == "__main__":
+    main()
