@@ -10,11 +10,11 @@ config's training set are pre-loaded, ``warmup`` steps run unobserved, then ``it
 (forward, backward, optimizer step) run under ``torch.cuda.set_sync_debug_mode("warn")``. Every
 operation that makes the host wait for the GPU (``.item()``, ``.tolist()``, ``nonzero``, boolean
 mask indexing, a device-to-host copy, ...) then issues a warning; each is attributed to the
-innermost frame of the Python stack that lies in ``rsloss_d2`` (else in ``detectron2``, else the
+innermost frame of the Python stack that lies in ``rsloss_d2`` or ``detectron2`` (else the
 innermost frame). Prints, per config, the syncs per step (mean, min, max over the observed steps)
-in ``rsloss_d2`` / ``detectron2`` / elsewhere, and every site with its syncs per step and its
-source line. Syncs of the backward pass are replayed at the ``backward()`` call and counted as
-"elsewhere".
+in ``rsloss_d2`` / ``detectron2`` / the backward pass / elsewhere, and every site with its syncs per step and its
+source line. Syncs of the backward pass run on the autograd engine's threads, which print them
+to stderr without a Python stack: they are counted from there, as "autograd".
 
 The harness itself adds none: no loss is read back inside the observed steps (Detectron2's
 trainer reads the losses once per step for its metrics; that is the trainer's, not the heads').
@@ -25,6 +25,7 @@ import itertools
 import linecache
 import os
 import sys
+import tempfile
 import traceback
 import warnings
 from typing import Dict, List, Optional, Tuple
@@ -37,27 +38,41 @@ SYNC_MESSAGE = "called a synchronizing CUDA operation"  # torch's text for sync 
 
 
 def attribute(stack: List[traceback.FrameSummary]) -> Tuple[str, str, traceback.FrameSummary]:
-    """(owner, site, frame) of a sync: owner "rsloss_d2", "detectron2" or "other"; frame the
-    innermost frame of that owner; site its "path:line function", path from the package on."""
-    for owner in ("rsloss_d2", "detectron2"):
-        marker = os.sep + owner + os.sep
-        for frame in reversed(stack):
+    """(owner, site, frame) of a sync: the innermost frame of the stack that lies in
+    ``rsloss_d2`` or ``detectron2`` decides the owner (so Detectron2's pooler called from an
+    rsloss_d2 head counts for Detectron2; torch / torchvision frames are skipped); without one,
+    owner "other" and the innermost frame outside ``warnings.py``. Site: "path:line function",
+    the path from the package directory on."""
+    for frame in reversed(stack):
+        for owner in ("rsloss_d2", "detectron2"):
+            marker = os.sep + owner + os.sep
             if marker in frame.filename:
                 rel = owner + os.sep + frame.filename.rsplit(marker, 1)[1]
                 return owner, f"{rel}:{frame.lineno} {frame.name}", frame
-    frame = stack[-1]
+    frames = [f for f in stack if not f.filename.endswith("warnings.py")] or stack
+    frame = frames[-1]
     return "other", f"{frame.filename}:{frame.lineno} {frame.name}", frame
 
 
+AUTOGRAD_SITE = ("autograd", "backward pass (autograd device thread: no Python stack)")
+
+
 class SyncCounter:
-    """Context manager that counts the sync warnings, by site, for each ``step()`` bracket.
+    """Context manager that counts the sync warnings, by site, for each ``new_step()`` bracket.
 
     ``counts[i]`` is a Counter {(owner, site): n} of step i. Warnings that are not sync warnings
     are passed on to the previous ``warnings.showwarning``.
+
+    Syncs inside the backward pass happen on the autograd engine's device threads, where no
+    Python handler is installed: torch prints them to the process's stderr. With
+    ``capture_stderr`` the file descriptor 2 is redirected to a temporary file while counting,
+    each such line is counted under ``AUTOGRAD_SITE`` for the step in which it was printed, and
+    everything else written there is copied back to stderr at the end.
     """
 
-    def __init__(self, cuda: bool = True):
+    def __init__(self, cuda: bool = True, capture_stderr: bool = True):
         self.cuda = cuda
+        self.capture_stderr = capture_stderr
         self.counts: List[collections.Counter] = []
         self.sources: Dict[str, str] = {}
 
@@ -67,6 +82,13 @@ class SyncCounter:
         warnings.simplefilter("always")
         self._previous = warnings.showwarning
         warnings.showwarning = self._record
+        if self.capture_stderr:
+            sys.stderr.flush()
+            self._err_file = tempfile.TemporaryFile()
+            self._err_saved = os.dup(2)
+            os.dup2(self._err_file.fileno(), 2)
+            self._err_read = 0
+            self._err_other: List[bytes] = []
         if self.cuda:
             torch.cuda.set_sync_debug_mode("warn")
         return self
@@ -75,11 +97,35 @@ class SyncCounter:
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.set_sync_debug_mode("default")
+        if self.capture_stderr:
+            self._harvest_stderr()
+            sys.stderr.flush()
+            os.dup2(self._err_saved, 2)
+            os.close(self._err_saved)
+            self._err_file.close()
+            if self._err_other:
+                sys.stderr.write(b"".join(self._err_other).decode(errors="replace"))
         self._catch.__exit__(*exc)
         return False
 
     def new_step(self):
+        if self.capture_stderr and self.counts:
+            self._harvest_stderr()
         self.counts.append(collections.Counter())
+
+    def _harvest_stderr(self):
+        """Count the sync lines written to fd 2 since the last harvest into the current step."""
+        sys.stderr.flush()
+        self._err_file.seek(self._err_read)
+        data = self._err_file.read()
+        self._err_read += len(data)
+        for line in data.splitlines(keepends=True):
+            if SYNC_MESSAGE.encode() in line:
+                if not self.counts:
+                    self.counts.append(collections.Counter())
+                self.counts[-1][AUTOGRAD_SITE] += 1
+            else:
+                self._err_other.append(line)
 
     def _record(self, message, category, filename, lineno, file=None, line=None):
         if SYNC_MESSAGE not in str(message):
@@ -96,7 +142,7 @@ class SyncCounter:
         """({owner: (mean, min, max) syncs per step}, [(owner, site, mean per step)] sorted)."""
         steps = len(self.counts) or 1
         per_owner = {}
-        for owner in ("rsloss_d2", "detectron2", "other"):
+        for owner in ("rsloss_d2", "detectron2", "autograd", "other"):
             n = [sum(v for (o, _), v in c.items() if o == owner) for c in self.counts] or [0]
             per_owner[owner] = (sum(n) / steps, min(n), max(n))
         totals = collections.Counter()

@@ -49,6 +49,8 @@ __all__ = [
     "StepBins",
     "PointBins",
     "prepare_inputs",
+    "positive_indices",
+    "counts_per_bin",
     "no_autocast",
     "row_blocks",
     "step_sums_over_points",
@@ -74,7 +76,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def prepare_inputs(
     name: str, logits: torch.Tensor, targets: torch.Tensor
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Flatten, upcast and check the inputs of a ranking loss.
+    """Flatten, upcast and check the shapes of a ranking loss's inputs (no host sync).
 
     Args:
         name: loss name used in error messages.
@@ -87,9 +89,9 @@ def prepare_inputs(
 
     Raises:
         ValueError: shape mismatch or non-floating logits.
-        FloatingPointError: NaN or ±Inf among the logits. This is the one host synchronisation the
-            check costs (``aminmax``: min/max propagate NaN and expose ±Inf); the ranking losses
-            need the number of positives on the host anyway.
+
+    NaN / ±Inf logits are refused by :func:`positive_indices`, inside the loss, in the host read
+    of the number of positives that the loss needs anyway.
     """
     if not torch.is_floating_point(logits):
         raise ValueError(f"{name}: logits must be floating point, got {logits.dtype}")
@@ -99,12 +101,46 @@ def prepare_inputs(
             f"got {tuple(logits.shape)} and {tuple(targets.shape)}"
         )
     s = logits.reshape(-1).to(compute_dtype(logits.dtype))
-    if s.numel() > 0:
-        # min and max propagate NaN and show ±Inf: one fused pass instead of isfinite().all().
-        lo, hi = torch.aminmax(s.detach())
-        if not bool(torch.isfinite(torch.stack([lo, hi])).all()):
-            raise FloatingPointError(f"{name}: the logits contain NaN or Inf")
     return s, targets.detach().reshape(-1)
+
+
+def positive_indices(name: str, s: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Indices of the positives (P,) int64, ascending, and the finiteness check of the logits,
+    in **one** host read (the number of positives is a data-dependent shape).
+
+    Args:
+        name: loss name used in error messages.
+        s: (M,) flat logits (compute dtype).
+        pos: (M,) bool, the positives.
+
+    Raises:
+        FloatingPointError: NaN or ±Inf among the logits (``aminmax``: min and max propagate NaN
+            and expose ±Inf, one fused pass).
+    """
+    if s.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=s.device)
+    lo, hi = torch.aminmax(s.detach())
+    finite = torch.isfinite(torch.stack([lo, hi])).all()
+    num_pos, ok = torch.stack([pos.sum(), finite.to(torch.long)]).tolist()
+    if not ok:
+        raise FloatingPointError(f"{name}: the logits contain NaN or Inf")
+    # nonzero_static with a host size: no second sync (plain nonzero reads its size back)
+    return torch.nonzero_static(pos, size=num_pos).squeeze(1)
+
+
+def counts_per_bin(index: torch.Tensor, num_bins: int,
+                   weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``torch.bincount(index, weights, minlength=num_bins)`` for indices known to be in
+    ``[0, num_bins)``, without its host sync on CUDA (``bincount`` reads the maximum index).
+
+    Returns (num_bins,) int64 counts, or float64 sums of ``weights`` (accumulated in float64,
+    as CPU ``bincount`` does).
+    """
+    if weights is None:
+        out = torch.zeros(num_bins, dtype=torch.int64, device=index.device)
+        return out.index_add_(0, index, torch.ones_like(index, dtype=torch.int64))
+    out = torch.zeros(num_bins, dtype=torch.float64, device=index.device)
+    return out.index_add_(0, index, weights.to(torch.float64))
 
 
 def row_blocks(rows: int, cols: int, max_elements: int = 1 << 22):
@@ -212,7 +248,7 @@ class StepBins:
         ab = diff.cumsum(1)
         # Remove the rounding residue of the difference arrays above every window.
         ab[0, -1] = w64.sum()
-        ab[1, -1] = 0
+        ab[1, -1:].zero_()  # a kernel; `ab[1, -1] = 0` copies a host scalar and syncs on CUDA
         return ab[0], ab[1]
 
 
@@ -258,20 +294,23 @@ class PointBins:
         max_cell = float(cells - 1)
         # Breakpoints through the very same operations as the points.
         bp_cell = ((bp - offset) * scale).clamp_(0.0, max_cell).to(torch.int32)
-        bp_per_cell = torch.bincount(bp_cell, minlength=cells)
+        bp_per_cell = counts_per_bin(bp_cell, cells)
         below = bp_per_cell.cumsum(0) - bp_per_cell  # bin of every point of a pure cell
         mixed = bp_per_cell > 0
         v = (x - offset).mul_(scale)
         v = torch.where(mask, v, torch.zeros((), dtype=v.dtype, device=dev)).clamp_(0.0, max_cell)
         cell = v.to(torch.int32)
         frac = v.sub_(cell)  # position inside the cell, in [0, 1) (in place: v is not needed)
-        count_c = torch.bincount(cell, minlength=cells)
-        frac_c = torch.bincount(cell, weights=frac, minlength=cells).to(torch.float64)
+        count_c = counts_per_bin(cell, cells)
+        frac_c = counts_per_bin(cell, cells, weights=frac)
         # Points in a cell that holds a breakpoint: exact bin by comparison with the few
         # breakpoints of that cell (they are bp[below[c] : below[c] + bp_per_cell[c]]).
-        self.mixed_idx = mixed.to(torch.uint8).index_select(0, cell).nonzero().squeeze(1)
+        # Their number and the most breakpoints in one cell: one host read for both.
+        in_mixed = mixed.to(torch.uint8).index_select(0, cell)
+        num_mixed, max_per_cell = torch.stack([in_mixed.sum(), bp_per_cell.max()]).tolist()
+        self.mixed_idx = torch.nonzero_static(in_mixed, size=num_mixed).squeeze(1)
         self.mixed_x = x.index_select(0, self.mixed_idx)
-        self.mixed_bin = self._resolve(bp, below, bp_per_cell, cell, self.mixed_x)
+        self.mixed_bin = self._resolve(bp, below, bp_per_cell, cell, self.mixed_x, max_per_cell)
         # Per-bin number of points and Σ (x − off): pure cells by cell, the others exactly.
         nb = bins.num_bins
         scale64 = scale.to(torch.float64)
@@ -280,20 +319,19 @@ class PointBins:
         sum_c = (count_c.to(torch.float64) * cell_index + frac_c) / scale64
         self.count = torch.zeros(nb, dtype=count_c.dtype, device=dev)
         self.count.index_add_(0, below, count_c.masked_fill(mixed, 0))
-        self.count += torch.bincount(self.mixed_bin, minlength=nb).to(count_c.dtype)
+        self.count += counts_per_bin(self.mixed_bin, nb)
         self.sum_u = torch.zeros(nb, dtype=torch.float64, device=dev)
         self.sum_u.index_add_(0, below, sum_c.masked_fill(mixed, 0))
-        self.sum_u += torch.bincount(
-            self.mixed_bin, weights=self.mixed_x.to(torch.float64) - self._offset64, minlength=nb
-        )
+        self.sum_u += counts_per_bin(
+            self.mixed_bin, nb, weights=self.mixed_x.to(torch.float64) - self._offset64)
         self._cell_ids = cell
         self._frac = frac
         self._below = below
         self._cell_left = self._offset64 + cell_index / scale64  # x of each cell's left edge
         self._cell_width = 1.0 / scale64
 
-    def _resolve(self, bp, below, bp_per_cell, cell, mixed_x, max_compare: int = 8):
-        max_per_cell = int(bp_per_cell.max())  # host read of one number
+    def _resolve(self, bp, below, bp_per_cell, cell, mixed_x, max_per_cell: int,
+                 max_compare: int = 8):
         if max_per_cell > max_compare or mixed_x.numel() == 0:
             return self.bins.bin_of(mixed_x)
         mixed_cell = cell.index_select(0, self.mixed_idx)
@@ -343,7 +381,7 @@ def step_sums_over_points(bins: StepBins, x: torch.Tensor, u: Optional[torch.Ten
     nb = bins.num_bins
     x64 = x.to(torch.float64)
     u64 = torch.ones_like(x64)[None] if u is None else u.to(torch.float64)
-    count = torch.bincount(k, minlength=nb)
+    count = counts_per_bin(k, nb)
     weight = torch.zeros(u64.shape[0], nb, dtype=torch.float64, device=x.device)
     weight.index_add_(1, k, u64)
     weighted_x = torch.zeros_like(weight).index_add_(1, k, u64 * x64)

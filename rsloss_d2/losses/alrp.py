@@ -17,6 +17,7 @@ from ._step_sums import (
     PointBins,
     StepBins,
     no_autocast,
+    positive_indices,
     prepare_inputs,
     step_sums_over_points,
 )
@@ -53,7 +54,7 @@ class ALRPFunction(torch.autograd.Function):
 def _alrp_forward(s: torch.Tensor, t: torch.Tensor, loc: torch.Tensor, delta: float):
     pos = t == 1
     neg = t == 0
-    pos_idx = pos.nonzero().squeeze(1)
+    pos_idx = positive_indices("alrp_loss", s, pos)  # the one host read (+ NaN/Inf check)
     num_fg = pos_idx.numel()
     if loc.numel() != num_fg:
         raise ValueError(

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from ._step_sums import PointBins, StepBins, no_autocast, prepare_inputs, step_sums_over_points
+from ._step_sums import (
+    PointBins,
+    StepBins,
+    no_autocast,
+    positive_indices,
+    prepare_inputs,
+    step_sums_over_points,
+)
 
 __all__ = ["ap_loss", "APLossFunction"]
 
@@ -35,7 +42,7 @@ class APLossFunction(torch.autograd.Function):
 def _ap_forward(s: torch.Tensor, t: torch.Tensor, delta: float):
     pos = t == 1
     neg = t == 0
-    pos_idx = pos.nonzero().squeeze(1)
+    pos_idx = positive_indices("ap_loss", s, pos)  # the one host read (+ NaN/Inf check)
     num_fg = pos_idx.numel()
     if num_fg == 0:
         return s.new_zeros(()), torch.zeros_like(s)

@@ -19,6 +19,7 @@ from ._step_sums import (
     StepBins,
     no_autocast,
     ordered_step_sums,
+    positive_indices,
     prepare_inputs,
     row_blocks,
     step_sums_over_points,
@@ -134,7 +135,7 @@ class RankSortFunction(torch.autograd.Function):
 def _rank_sort_forward(s: torch.Tensor, t: torch.Tensor, delta: float):
     pos = t > 0
     neg = t == 0
-    pos_idx = pos.nonzero().squeeze(1)
+    pos_idx = positive_indices("rank_sort_loss", s, pos)  # the one host read (+ NaN/Inf check)
     num_fg = pos_idx.numel()
     if num_fg == 0:
         zero = s.new_zeros(())

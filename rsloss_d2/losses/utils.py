@@ -46,21 +46,25 @@ def vectorize_labels(
     dtype = torch.float64 if ious is not None and ious.dtype == torch.float64 else torch.float32
     out = torch.zeros(n, num_classes, dtype=dtype, device=labels.device)
     fg = (labels >= 0) & (labels < num_classes)
-    fg_rows = fg.nonzero().squeeze(1)
     if ious is None:
-        values = torch.ones(fg_rows.numel(), dtype=dtype, device=labels.device)
+        values = torch.ones(n, dtype=dtype, device=labels.device)
     else:
         ious = ious.detach().reshape(-1).to(dtype)
-        if ious.numel() == fg_rows.numel():
+        if ious.numel() == n:  # one per row (also the compact form when every row is foreground)
             values = ious
-        elif ious.numel() == n:
-            values = ious[fg_rows]
-        else:
-            raise ValueError(
-                f"vectorize_labels: got {ious.numel()} ious for {fg_rows.numel()} foreground "
-                f"rows out of {n} predictions"
-            )
-    out[fg_rows, labels[fg_rows]] = values
+        else:  # one per foreground row: the one host read, to check the count
+            num_fg = int(fg.sum())
+            if ious.numel() != num_fg:
+                raise ValueError(
+                    f"vectorize_labels: got {ious.numel()} ious for {num_fg} foreground "
+                    f"rows out of {n} predictions"
+                )
+            slot = (fg.cumsum(0) - 1).clamp_min(0)  # rank of each row among the foreground rows
+            values = ious[slot] if num_fg > 0 else torch.zeros(n, dtype=dtype, device=labels.device)
+    # Every row writes its class column (0 on the non-foreground rows, whose rows are all 0
+    # anyway): a scatter instead of indexing with the foreground rows, so no host sync.
+    column = labels.clamp(0, num_classes - 1).unsqueeze(1)
+    out.scatter_(1, column, torch.where(fg, values, torch.zeros_like(values)).unsqueeze(1))
     ignored = labels < 0
     if label_weights is not None:
         ignored = ignored | (label_weights.reshape(-1) == 0)
