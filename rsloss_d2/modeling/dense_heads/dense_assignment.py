@@ -12,14 +12,17 @@ Invalid anchors (``valid_anchor_mask``: cells beyond the image's own padded size
 batch padding — mmdet's ``valid_flags``) never take part in an assignment and are always ignored.
 The ATSS rule itself and the PAA re-assignment (GMM) live in ``rsloss_d2.modeling.matchers``.
 """
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+
+from ..host_copies import to_device
 
 __all__ = [
     "NEGATIVE",
     "IGNORED",
     "valid_anchor_mask",
+    "valid_grid_sizes",
     "padded_gt_boxes",
     "max_iou_assign",
     "atss_assign",
@@ -52,13 +55,41 @@ def valid_anchor_mask(
     padded = (image_sizes + div - 1) // div * div  # (N, 2)
     masks = []
     for (h, w), s in zip(grid_sizes, strides):
-        valid_hw = torch.minimum((padded + s - 1) // s, torch.tensor([h, w], device=padded.device))
+        # no host sync: clamp to the grid with Python ints (a device tensor [h, w] would copy)
+        cells = (padded + s - 1) // s
+        valid_h = cells[:, 0].clamp(max=int(h))
+        valid_w = cells[:, 1].clamp(max=int(w))
         ys = torch.arange(h, device=padded.device)
         xs = torch.arange(w, device=padded.device)
-        m = (ys[None, :, None] < valid_hw[:, 0, None, None]) & (
-            xs[None, None, :] < valid_hw[:, 1, None, None])  # (N, H, W)
+        m = (ys[None, :, None] < valid_h[:, None, None]) & (
+            xs[None, None, :] < valid_w[:, None, None])  # (N, H, W)
         masks.append(m[..., None].expand(-1, -1, -1, num_anchors).reshape(len(image_sizes), -1))
     return torch.cat(masks, dim=1)
+
+
+def valid_grid_sizes(
+    grid_sizes: Sequence[Sequence[int]],
+    strides: Sequence[int],
+    image_sizes: Sequence[Sequence[int]],
+    size_divisibility: int,
+) -> List[List[Tuple[int, int]]]:
+    """:func:`valid_anchor_mask` on the host: per image and level, (valid_h, valid_w) in cells.
+
+    The valid anchors of image i on level l are exactly the ``[:valid_h, :valid_w]`` corner of
+    the level's (H_l, W_l, A) grid, so with these host ints an image's valid anchors are a slice
+    (no boolean mask, no host read of the device mask).
+
+    Args:
+        grid_sizes, strides, size_divisibility: as :func:`valid_anchor_mask`.
+        image_sizes: N host pairs (h, w) (Detectron2's ``ImageList.image_sizes``).
+    """
+    div = max(int(size_divisibility), 1)
+    out = []
+    for h_img, w_img in image_sizes:
+        ph, pw = (int(h_img) + div - 1) // div * div, (int(w_img) + div - 1) // div * div
+        out.append([(min((ph + s - 1) // s, int(h)), min((pw + s - 1) // s, int(w)))
+                    for (h, w), s in zip(grid_sizes, strides)])
+    return out
 
 
 def padded_gt_boxes(gt_boxes: List[torch.Tensor]):
@@ -143,6 +174,8 @@ def atss_assign(
     gt_boxes: List[torch.Tensor],
     valid: torch.Tensor,
     topk: int = 9,
+    grid_sizes: Optional[Sequence[Sequence[int]]] = None,
+    valid_sizes: Optional[Sequence[Sequence[Tuple[int, int]]]] = None,
 ) -> torch.Tensor:
     """ATSS assignment (mmdet ``ATSSAssigner``, spec §3) of every image, on its valid anchors.
 
@@ -155,6 +188,10 @@ def atss_assign(
         anchors_per_level: L tensors (A_l, 4) XYXY.
         gt_boxes: N tensors (G_i, 4) XYXY.
         valid: (N, R) bool, R = Σ A_l.
+        grid_sizes, valid_sizes: optional host ints, (H_l, W_l) per level and
+            :func:`valid_grid_sizes` (the same validity as ``valid``). With them, which images are
+            whole and which anchors of the others are valid is known on the host: no host sync
+            (without them: one read of ``valid``, and boolean masks for the padded images).
 
     Returns:
         (N, R) int64: GT index, ``NEGATIVE`` or ``IGNORED`` (invalid anchors).
@@ -162,14 +199,35 @@ def atss_assign(
     from rsloss_d2.modeling.matchers import atss_match, atss_match_batch
 
     n, r = valid.shape
-    out = torch.full((n, r), IGNORED, dtype=torch.long, device=valid.device)
-    full = valid.all(dim=1).tolist()  # one host read
+    sizes = [len(a) for a in anchors_per_level]
+    host = grid_sizes is not None and valid_sizes is not None
+    if host:
+        grids = [(int(h), int(w)) for h, w in grid_sizes]
+        full = [list(v) == grids for v in valid_sizes]
+    else:
+        full = valid.all(dim=1).tolist()  # one host read
     whole = [i for i in range(n) if full[i]]
+    if len(whole) == n:  # no batch padding: no IGNORED, no scatter
+        matched = atss_match_batch(anchors_per_level, gt_boxes, topk=topk)
+        return matched.clamp(min=NEGATIVE)
+    out = torch.full((n, r), IGNORED, dtype=torch.long, device=valid.device)
     if whole:
         matched = atss_match_batch(anchors_per_level, [gt_boxes[i] for i in whole], topk=topk)
-        out[whole] = matched.clamp(min=NEGATIVE)
-    sizes = [len(a) for a in anchors_per_level]
+        # no host sync: the row indices go to the device non-blocking (a list index would not)
+        out.index_copy_(0, to_device(whole, out.device, torch.long), matched.clamp(min=NEGATIVE))
     for i in (i for i in range(n) if not full[i]):  # images inside the batch padding only
-        per_level = [a[m] for a, m in zip(anchors_per_level, valid[i].split(sizes))]
-        out[i, valid[i]] = atss_match(per_level, gt_boxes[i], topk=topk).clamp(min=NEGATIVE)
+        if not host:
+            per_level = [a[m] for a, m in zip(anchors_per_level, valid[i].split(sizes))]
+            out[i, valid[i]] = atss_match(per_level, gt_boxes[i], topk=topk).clamp(min=NEGATIVE)
+            continue
+        # Valid anchors = the [:vh, :vw] corner of each (H, W, A) grid: slices, no host sync.
+        grid_views = []  # (anchors (H, W, A, 4), out row (H, W, A), vh, vw) per level
+        for a, o, (h, w), (vh, vw) in zip(anchors_per_level, out[i].split(sizes), grids,
+                                          valid_sizes[i]):
+            num_a = len(a) // max(h * w, 1)
+            grid_views.append((a.reshape(h, w, num_a, 4), o.view(h, w, num_a), vh, vw))
+        per_level = [a[:vh, :vw].reshape(-1, 4) for a, _, vh, vw in grid_views]
+        res = atss_match(per_level, gt_boxes[i], topk=topk).clamp(min=NEGATIVE)
+        for (a, o, vh, vw), part in zip(grid_views, res.split([len(p) for p in per_level])):
+            o[:vh, :vw] = part.view(vh, vw, a.shape[2])
     return out

@@ -24,6 +24,7 @@ from typing import List, Sequence
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from ..host_copies import to_device
 from ._overlaps import iou_mmdet
 
 __all__ = ["atss_match", "atss_match_batch"]
@@ -46,23 +47,26 @@ def _level_candidates(anchor_ctr: torch.Tensor, gt_ctr: torch.Tensor, k: int) ->
     dist.mul_(dist).add_(dy.mul_(dy)).sqrt_()  # (N, G, A_l), in place: the largest tensors here
     del dy
     a_l = dist.shape[-1]
-    vals, idx = dist.topk(min(k + 1, a_l), dim=-1, largest=False, sorted=True)
-    idx = idx[..., :k]
-    kth = vals[..., k - 1:k]
+    vals, idx = dist.topk(k, dim=-1, largest=False, sorted=True)
     if a_l == k:
         return idx.sort(dim=-1).values
-    # The chosen set is ambiguous only where the (k+1)-th distance equals the k-th (a tie at the
-    # k-th place); there torch.topk's choice is replaced by the lowest anchor indices.
-    amb = (vals[..., k] == vals[..., k - 1]).nonzero(as_tuple=True)
-    if amb[0].numel():
-        rows, kth_r = dist[amb], kth[amb]  # (R, A_l), (R, 1)
-        below = rows < kth_r
-        tie = rows == kth_r
-        room = k - below.sum(-1, keepdim=True)
-        chosen = below | (tie & (tie.cumsum(-1, dtype=torch.int32) <= room))
-        # Exactly k entries are chosen: a top-k of the mask returns all of them.
-        idx[amb] = chosen.to(rows.dtype).topk(k, dim=-1).indices
-    return idx.sort(dim=-1).values
+    # The anchors strictly nearer than the k-th distance are all in the top k (its first `below`
+    # entries); the rest of the top k is a tie at the k-th distance, where torch.topk's choice is
+    # replaced by the lowest anchor indices. Done on every row (no host sync: a nonzero over the
+    # ambiguous rows would read their number): the tied anchors' indices (others: a_l) go
+    # through a second top-k, whose first `k - below` values are the lowest tied indices.
+    kth = vals[..., k - 1:k]
+    below = (vals < kth).sum(-1, keepdim=True)  # (N, G, 1)
+    tie = dist == kth
+    del dist  # (int32 index key below; peak memory stays under the distance computation's)
+    order = torch.arange(a_l, dtype=torch.int32, device=tie.device)
+    key = torch.where(tie, order, a_l)
+    del tie
+    tied = key.topk(k, dim=-1, largest=False, sorted=True).values.long()  # (N, G, k)
+    del key
+    j = torch.arange(k, device=idx.device)
+    tied = tied.gather(-1, (j - below).clamp(min=0))  # tied[j - below] at slots j >= below
+    return torch.where(j < below, idx, tied).sort(dim=-1).values
 
 
 def _atss_padded(anchors: List[torch.Tensor], gt: torch.Tensor, gt_valid: torch.Tensor,
@@ -147,7 +151,7 @@ def atss_match_batch(anchors_per_level: Sequence[torch.Tensor],
     if len(gts) == 0:
         return torch.empty((0, sum(len(a) for a in anchors)), dtype=torch.long,
                            device=anchors[0].device)
-    lengths = torch.tensor([len(b) for b in gts], device=gts[0].device)
+    lengths = to_device([len(b) for b in gts], gts[0].device, torch.long)  # no host sync
     padded = pad_sequence(gts, batch_first=True)  # (N, max G_i, 4), zero rows are padding
     valid = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths[:, None]
     return _atss_padded(anchors, padded, valid, topk)

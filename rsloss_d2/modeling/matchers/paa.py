@@ -50,7 +50,7 @@ def _logsumexp2(w):
 
 
 def gmm2_em_1d(x: torch.Tensor, valid: torch.Tensor, reg_covar: float = 1e-5,
-               max_iter: int = 100, tol: float = 1e-3
+               max_iter: int = 100, tol: float = 1e-3, check_every: int = 5
                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fit one two-component 1-D Gaussian mixture per row, all rows at once, by sklearn's EM.
 
@@ -61,14 +61,23 @@ def gmm2_em_1d(x: torch.Tensor, valid: torch.Tensor, reg_covar: float = 1e-5,
     are kept) or after ``max_iter`` iterations; a final E-step gives ``predict`` and
     ``score_samples``.
 
+    A row that has converged is frozen (its parameters and iteration count stay those of the
+    iteration at which it converged, exactly as if it had left the computation); the host looks
+    at which rows are still iterating only every ``check_every`` iterations (one host read each),
+    to drop the converged rows from the working set and to stop once none is left. The result
+    does not depend on ``check_every``.
+
     Args:
         x: (G, K) samples (any float dtype; computed in float64, as sklearn).
         valid: (G, K) bool, which entries of each row are samples; every row fitted needs >= 2
             (rows with fewer are left out and get label 0, log-density -inf).
+        check_every: iterations between two host reads (>= 1).
     Returns:
         labels (G, K) int64 (argmax posterior, ties -> 0), log_density (G, K) float64 (mixture
         log-density of each sample; -inf at invalid entries), n_iter (G,) int64 (EM iterations).
     """
+    if check_every < 1:
+        raise ValueError(f"check_every must be >= 1, got {check_every}")
     x = torch.where(valid, x.to(torch.float64), 0.0)
     valid_f = valid.to(torch.float64)
     n = valid_f.sum(1)
@@ -82,14 +91,20 @@ def gmm2_em_1d(x: torch.Tensor, valid: torch.Tensor, reg_covar: float = 1e-5,
     lower_bound = torch.full((g,), -math.inf, dtype=torch.float64, device=x.device)
     n_iter = torch.zeros((g,), dtype=torch.long, device=x.device)
     eps10 = 10 * torch.finfo(torch.float64).eps
-    # Only the rows still iterating are computed: gathered each iteration (most fits stop after
-    # ~10 iterations, a few run long), so the work is Σ_g n_iter(g), not G · max_g n_iter(g).
-    rows = fit.nonzero().squeeze(1)
-    for _ in range(max_iter):  # EM iterations; one host read each (the number of active rows)
-        if rows.numel() == 0:
-            break
+    # The working set `rows` starts as all rows (rows not fitted are frozen from the start) and
+    # sheds the converged ones at every host check: the work is about Σ_g n_iter(g) plus at most
+    # check_every − 1 frozen iterations per row, not G · max_g n_iter(g).
+    rows = torch.arange(g, device=x.device)
+    active = fit  # (R,) over `rows`: still iterating
+    for it in range(max_iter):
+        if it % check_every == 0 and it > 0:
+            rows = rows[active]  # one host read per check_every iterations (nonzero)
+            if rows.numel() == 0:
+                break
+            active = torch.ones_like(rows, dtype=torch.bool)
         xa, va = x[rows], valid_f[rows]
-        weighted = _weighted_log_prob(xa, means[rows], prec_chol[rows], weights[rows])
+        means_a, prec_a, weights_a = means[rows], prec_chol[rows], weights[rows]
+        weighted = _weighted_log_prob(xa, means_a, prec_a, weights_a)
         log_norm = _logsumexp2(weighted)
         new_bound = (log_norm * va).sum(1) / n[rows]
         resp = torch.exp(weighted - log_norm[..., None]) * va[..., None]
@@ -98,13 +113,17 @@ def gmm2_em_1d(x: torch.Tensor, valid: torch.Tensor, reg_covar: float = 1e-5,
         covar = (resp * (xa * xa)[..., None]).sum(1) / nk - new_means ** 2 + reg_covar
         # sklearn raises on covar <= 0 (cannot happen with reg_covar > 0 and sane costs);
         # the clamp only keeps a pathological row finite.
-        means[rows] = new_means
-        prec_chol[rows] = 1.0 / covar.clamp(min=1e-300).sqrt()
-        weights[rows] = nk / nk.sum(1, keepdim=True)
-        converged = (new_bound - lower_bound[rows]).abs() < tol
-        lower_bound[rows] = new_bound
-        n_iter[rows] += 1
-        rows = rows[~converged]
+        # Frozen rows (converged, or not fitted) keep their values: torch.where, not a mask
+        # (their new values may be NaN, e.g. 0 / 0 for a row without samples; never selected).
+        upd = active[:, None]
+        means[rows] = torch.where(upd, new_means, means_a)
+        prec_chol[rows] = torch.where(upd, 1.0 / covar.clamp(min=1e-300).sqrt(), prec_a)
+        weights[rows] = torch.where(upd, nk / nk.sum(1, keepdim=True), weights_a)
+        old_bound = lower_bound[rows]
+        converged = (new_bound - old_bound).abs() < tol
+        lower_bound[rows] = torch.where(active, new_bound, old_bound)
+        n_iter[rows] += active
+        active = active & ~converged
     weighted = _weighted_log_prob(x, means, prec_chol, weights)
     labels = (weighted[..., 1] > weighted[..., 0]).long()
     log_density = torch.where(valid & fit[:, None], _logsumexp2(weighted), -math.inf)
@@ -147,17 +166,21 @@ def paa_reassign(costs: torch.Tensor, gt_inds: torch.Tensor, levels: torch.Tenso
     in_topk = torch.zeros_like(keep)
     in_topk[order] = (pos - group_start) < topk
 
-    # 2. Candidates of each GT in ascending cost, padded to (G, K).
-    cand = in_topk.nonzero().squeeze(1)
+    # 2. Candidates of each GT in ascending cost, padded to (G, K). Both sizes (number of
+    # candidates, K = most candidates of a GT) come from one host read; the counts by
+    # index_add_ (torch.bincount reads its maximum on CUDA) and the candidates by nonzero_static
+    # (no read of its own once the size is a host int).
+    counts = torch.zeros(num_gts, dtype=torch.long, device=costs.device)
+    counts.index_add_(0, gt_inds, in_topk.long())  # (G,) candidates per GT
+    num_cand, k = torch.stack([counts.sum(), counts.max()]).tolist()  # the one host read
+    cand = torch.nonzero_static(in_topk, size=num_cand).squeeze(1)
     cand = cand[torch.argsort(gt_inds[cand] * m + rank[cand])]
     c_cost, c_gt = costs[cand], gt_inds[cand]
-    counts = torch.bincount(c_gt, minlength=num_gts)
-    slot = torch.arange(len(cand), device=costs.device) - (counts.cumsum(0) - counts)[c_gt]
-    k = int(counts.max())
+    slot = torch.arange(num_cand, device=costs.device) - (counts.cumsum(0) - counts)[c_gt]
     x = costs.new_zeros((num_gts, k), dtype=torch.float64)
-    valid = torch.zeros((num_gts, k), dtype=torch.bool, device=costs.device)
     x[c_gt, slot] = c_cost.to(torch.float64)
-    valid[c_gt, slot] = True
+    # GT g's candidates fill slots 0 .. counts[g] − 1 (no boolean scatter)
+    valid = torch.arange(k, device=costs.device)[None, :] < counts[:, None]
 
     # 3. Batched GMM fit; rows with < 2 candidates are not fitted and keep nothing.
     labels, log_density, _ = gmm2_em_1d(x, valid, reg_covar=reg_covar)

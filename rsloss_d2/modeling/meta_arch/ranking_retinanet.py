@@ -52,10 +52,12 @@ from ..dense_heads.dense_assignment import (
     max_iou_assign,
     padded_gt_boxes,
     valid_anchor_mask,
+    valid_grid_sizes,
 )
 from ..dense_heads.ranking_dense_losses import alrp_dense_losses, ap_dense_losses, rs_dense_losses
 from ..dense_heads.ranking_retina_head import RankingRetinaNetHead
 from ..events import put_scalars
+from ..host_copies import to_device
 
 __all__ = ["RankingRetinaNet", "self_balance_period"]
 
@@ -89,7 +91,8 @@ def _gt_tables(gt_instances):
     """(N, G_max, 4) GT boxes and (N, G_max) int64 classes, zero-padded."""
     boxes, real = padded_gt_boxes([x.gt_boxes.tensor for x in gt_instances])
     classes = torch.zeros(real.shape, dtype=torch.long, device=real.device)
-    classes[real] = cat([x.gt_classes for x in gt_instances]).to(real.device)
+    for i, x in enumerate(gt_instances):  # slice copies: no host sync (a boolean mask would)
+        classes[i, : len(x.gt_classes)] = x.gt_classes.to(real.device)
     return boxes, classes
 
 
@@ -207,27 +210,37 @@ class RankingRetinaNet(RetinaNet):
         pred_logits, pred_deltas = self._transpose_dense_predictions(
             predictions, [self.num_classes, 4])
         anchors = self.anchor_generator(features)
+        grid_sizes = [tuple(f.shape[-2:]) for f in features]
         valid = valid_anchor_mask(
-            [f.shape[-2:] for f in features], self.anchor_generator.strides,
+            grid_sizes, self.anchor_generator.strides,
             self.anchor_generator.num_cell_anchors[0],
-            torch.as_tensor(images.image_sizes, device=self.device),
+            to_device(images.image_sizes, self.device, torch.long),  # no host sync
             self.backbone.size_divisibility)
+        # The same validity on the host (the ATSS assigner needs no read of ``valid``).
+        valid_sizes = valid_grid_sizes(grid_sizes, self.anchor_generator.strides,
+                                       images.image_sizes, self.backbone.size_divisibility)
         logits = cat(pred_logits, dim=1)  # (N, R, C)
         deltas = cat(pred_deltas, dim=1)  # (N, R, 4)
         gt_boxes, gt_classes = _gt_tables(gt_instances)
-        assigned, stats = self.assign(anchors, valid, gt_instances, logits, deltas)
+        assigned, stats = self.assign(anchors, valid, gt_instances, logits, deltas,
+                                      grid=(grid_sizes, valid_sizes))
         return self.losses(anchors, logits, deltas, assigned, gt_boxes, gt_classes, stats)
 
     @torch.no_grad()
-    def assign(self, anchors: List[Boxes], valid, gt_instances, logits, deltas):
-        """(N, R) int64 per-anchor GT index / ``NEGATIVE`` / ``IGNORED`` (dense_assignment.py)."""
+    def assign(self, anchors: List[Boxes], valid, gt_instances, logits, deltas, grid=None):
+        """(N, R) int64 per-anchor GT index / ``NEGATIVE`` / ``IGNORED`` (dense_assignment.py).
+
+        ``grid``: optional host ``(grid_sizes, valid_grid_sizes(...))`` describing ``valid``; the
+        ATSS assigner then needs no host read of ``valid``."""
         gt_boxes = [x.gt_boxes.tensor for x in gt_instances]
         stats = {}
         if self.assigner == "max_iou":
             assigned = max_iou_assign(Boxes.cat(anchors).tensor, gt_boxes, valid,
                                       self.pos_iou_thr, self.neg_iou_thr, 0.0, True)
         elif self.assigner == "atss":
-            assigned = atss_assign([a.tensor for a in anchors], gt_boxes, valid, self.atss_topk)
+            grid_sizes, valid_sizes = grid if grid is not None else (None, None)
+            assigned = atss_assign([a.tensor for a in anchors], gt_boxes, valid, self.atss_topk,
+                                   grid_sizes=grid_sizes, valid_sizes=valid_sizes)
         else:
             assigned = max_iou_assign(Boxes.cat(anchors).tensor, gt_boxes, valid,
                                       self.paa_iou_thresh, self.paa_iou_thresh, 0.0, True)
@@ -241,7 +254,7 @@ class RankingRetinaNet(RetinaNet):
         GMM call over all GTs of the batch (``matchers.paa_reassign``); rejected → negative."""
         from rsloss_d2.modeling.matchers import paa_reassign  # issue 10 assigner work
 
-        img, anc = (assigned >= 0).nonzero(as_tuple=True)
+        img, anc = (assigned >= 0).nonzero(as_tuple=True)  # data-dependent size: one host read
         if img.numel() == 0:
             return assigned
         boxes, classes = _gt_tables(gt_instances)
@@ -261,9 +274,9 @@ class RankingRetinaNet(RetinaNet):
                               for i, a in enumerate(anchors)])
         keep = paa_reassign(cost, img * num_gt + local, level_of[anc], len(gt_instances) * num_gt,
                             topk=self.paa_topk, reg_covar=self.paa_reg_covar)
-        out = assigned.clone()
-        out[img[~keep], anc[~keep]] = NEGATIVE
-        return out
+        # no host sync: write every initial positive (kept: its GT, else NEGATIVE) instead of
+        # indexing the rejected ones with a boolean mask
+        return assigned.index_put((img, anc), torch.where(keep, local, NEGATIVE))
 
     def losses(self, anchors, logits, deltas, assigned, boxes, classes, stats=None):
         """Labels from the assignment → the loss of ``self.loss_type`` (ranking_dense_losses.py).
@@ -275,7 +288,7 @@ class RankingRetinaNet(RetinaNet):
         """
         n, r, num_classes = logits.shape
         flat = assigned.reshape(-1)
-        pos_inds = (flat >= 0).nonzero().squeeze(1)
+        pos_inds = (flat >= 0).nonzero().squeeze(1)  # data-dependent size: one host read
         img, anc = pos_inds // r, pos_inds % r
         labels = torch.where(flat == IGNORED, -1, num_classes)
         gt_box = boxes[img, flat[pos_inds]]
