@@ -173,10 +173,14 @@ class RSRPN(RPN):
         # mmdet-style labels for C = 1: 0 = object (foreground class 0), 1 = background, -1 ignored
         cls_labels = torch.where(pos, torch.zeros_like(labels), labels.new_ones(()))
         cls_labels = torch.where(labels < 0, labels, cls_labels).reshape(-1)
-        pos_flat = pos.reshape(-1)  # foreground rows of the flat (N·R,) vector, same order
-        pos_anchors = anchors_t.unsqueeze(0).expand(num_images, -1, -1).reshape(-1, 4)[pos_flat]
-        pos_pred = self.box2box_transform.apply_deltas(deltas.reshape(-1, 4)[pos_flat], pos_anchors)
-        pos_gt = matched.reshape(-1, 4)[pos_flat]
+        # foreground rows of the flat (N·R,) vector, ascending (the order of a boolean mask):
+        # one nonzero (a data-dependent size, one host sync), then index_select for the three
+        # tensors (was three boolean-mask indexings, one sync each)
+        pos_idx = pos.reshape(-1).nonzero().squeeze(1)
+        pos_anchors = anchors_t.index_select(0, pos_idx % anchors_t.shape[0])
+        pos_pred = self.box2box_transform.apply_deltas(
+            deltas.reshape(-1, 4).index_select(0, pos_idx), pos_anchors)
+        pos_gt = matched.reshape(-1, 4).index_select(0, pos_idx)
 
         out = rs_detection_losses(
             logits.reshape(-1, 1), cls_labels, pos_pred, pos_gt, delta=self.rs_delta

@@ -79,18 +79,32 @@ def positive_mask_dice(
     if p == 0:
         return MaskDice(losses=anchor.reshape(1)[:0], anchor=anchor)
 
-    offsets = torch.tensor([0] + [s * s for s in num_grids], device=anchor.device).cumsum(0)
     if head_type == "dynamic":
         kernels = torch.cat([k.flatten(2) for k in ins_preds], dim=2)  # (B, E, ΣS²)
         pos_kernels = kernels[targets.pos_image, :, targets.pos_cell]  # (P, E)
-        logits = dynamic_mask_logits(pos_kernels, targets.pos_image, mask_features)
+        logits = dynamic_mask_logits(pos_kernels, targets.pos_image, mask_features,
+                                     max_per_image=targets.max_pos_per_image)
         gt = rescale_masks(targets.gt_masks, mask_strides[0])[targets.pos_gt]
         return MaskDice(dice_loss(logits.sigmoid(), gt, eps=_DICE_EPS), anchor)
 
+    # no host sync: level offsets as Python ints (was a tensor copied to the device)
+    sizes = [s * s for s in num_grids]
+    offsets = [sum(sizes[:level]) for level in range(len(sizes))]
+    # positives grouped by level: a stable sort by level, then one slice per level (was one
+    # nonzero, i.e. one host sync, per level); within a level the positives keep their order, as
+    # the nonzero gave them. The slice lengths come from the targets' one host read (or, if
+    # unknown, from one read here for all levels).
+    counts = targets.pos_per_level
+    if counts is None:
+        counts = torch.zeros(len(num_grids), dtype=torch.int64, device=anchor.device).index_add_(
+            0, targets.pos_level, torch.ones_like(targets.pos_level, dtype=torch.int64)).tolist()
+    by_level = torch.argsort(targets.pos_level, stable=True)
     losses = anchor.new_zeros(p)
-    for level, s in enumerate(num_grids):  # per level: its own resolution
-        sel = (targets.pos_level == level).nonzero().squeeze(1)
-        if sel.numel() == 0:
+    start = 0
+    for level, (s, count) in enumerate(zip(num_grids, counts)):  # per level: its own resolution
+        sel = by_level[start:start + count]
+        start += count
+        if count == 0:
             continue
         img = targets.pos_image[sel]
         cell = targets.pos_cell[sel] - offsets[level]

@@ -5,7 +5,7 @@ output as a 1×1 convolution (:func:`dynamic_mask_logits`).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +82,8 @@ class SOLOv2MaskBranch(nn.Module):
 
 
 def dynamic_mask_logits(kernels: torch.Tensor, image_index: torch.Tensor,
-                        mask_features: torch.Tensor) -> torch.Tensor:
+                        mask_features: torch.Tensor,
+                        max_per_image: Optional[int] = None) -> torch.Tensor:
     """Masks of cells by their dynamic 1×1 kernels: ``m_k = Σ_e w_{k,e} F_{b_k, e}`` (logits).
 
     Kernels are grouped by image into a zero-padded (B, P_max, E) batch and applied with one
@@ -91,6 +92,8 @@ def dynamic_mask_logits(kernels: torch.Tensor, image_index: torch.Tensor,
     Args:
         kernels: (P, E) kernel weights. image_index: (P,) int64 image of each kernel.
         mask_features: (B, E, H, W).
+        max_per_image: the most kernels of one image (P_max), if the caller already read it on
+            the host (SOLOTargets.max_pos_per_image); None: read here (one host sync).
 
     Returns:
         (P, H, W) mask logits in the order of ``kernels``.
@@ -101,10 +104,13 @@ def dynamic_mask_logits(kernels: torch.Tensor, image_index: torch.Tensor,
         return kernels.new_zeros((0, h, w)) + mask_features.sum() * 0
     order = torch.argsort(image_index, stable=True)
     sorted_img = image_index[order]
-    counts = torch.bincount(sorted_img, minlength=b)
+    # no host sync: index_add_ with the known length B (bincount reads the max on CUDA)
+    counts = torch.zeros(b, dtype=torch.int64, device=kernels.device).index_add_(
+        0, sorted_img, torch.ones_like(sorted_img, dtype=torch.int64))
     starts = counts.cumsum(0) - counts
     slot = torch.arange(p, device=kernels.device) - starts[sorted_img]
-    p_max = int(counts.max())  # host read: the padded size depends on the data
+    # the padded size depends on the data: one host read, unless the caller has it already
+    p_max = int(counts.max()) if max_per_image is None else max_per_image
     padded = kernels.new_zeros((b, p_max, e))
     padded[sorted_img, slot] = kernels[order]
     out = torch.bmm(padded, mask_features.flatten(2))[sorted_img, slot]  # (P, H·W), sorted

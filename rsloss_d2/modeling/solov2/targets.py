@@ -1,8 +1,9 @@
 """Grid-cell targets of SOLO / SOLOv2 / RS-SOLOv2 (SOLO paper Sec. 3.2–3.3, centre sampling).
 
 Spec: ``shared/spec/solo.md`` §4 (and §8 for SOLO's per-level mask targets). Everything is
-computed for all GTs of all images of the batch at once (one loop over the five levels); the only
-host reads are the ``nonzero`` calls whose output size depends on the data.
+computed for all GTs of all images of the batch at once (one loop over the five levels); there is
+one host read per batch: the number of positives (a data-dependent size), read together with the
+other counts the losses need (:class:`SOLOTargets`).
 
 Differences from mmdet-1, as AdelaiDet (spec §9): GT boxes are Detectron2's (x2 = x1 + w, no −1)
 and the masks are those of Detectron2's mapper (at the resized image size, zero-padded to the
@@ -12,7 +13,7 @@ mmdet puts them in ``gt_bboxes_ignore``, unused).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,9 @@ class SOLOTargets:
     pos_gt: torch.Tensor  # (P,) index of its GT in the batch's concatenated GTs
     num_pos_cells: torch.Tensor  # 0-dim int64: distinct positive cells (num_ins)
     gt_masks: torch.Tensor  # (K, H_u, W_u) bool, padded full-resolution GT masks
+    # host ints, read with the number of positives (None: not known, read where needed)
+    max_pos_per_image: Optional[int] = None  # most positives of one image
+    pos_per_level: Optional[List[int]] = None  # (L,) positives of each level
 
 
 def padded_gt_masks(instances: Sequence[Instances], padded_size: Tuple[int, int],
@@ -175,7 +179,8 @@ def build_solo_targets(
 
     Returns:
         :class:`SOLOTargets`; positives in image-major, then cell order ("last" / "first") or
-        in the official grid order — level, image, GT, row-major cell — ("all").
+        in the official grid order — level, image, GT, row-major cell — ("all");
+        ``max_pos_per_image`` and ``pos_per_level`` (host ints) from the one host read.
     """
     if cell_assignment not in CELL_ASSIGNMENTS:
         raise ValueError(f"cell_assignment must be one of {CELL_ASSIGNMENTS}")
@@ -189,42 +194,62 @@ def build_solo_targets(
     sizes = [s * s for s in num_grids]
     total = sum(sizes)
     level_offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    k = masks.shape[0]
 
-    entry_gt, entry_key, entry_level = [], [], []
+    # All levels at once, (L, K, 9): the batch key ``image·ΣS² + level offset + cell`` and the
+    # validity of every (level, GT, slot), so that the positive pairs of all levels come from ONE
+    # nonzero (level-major, then GT, then row-major cell: the order of one nonzero per level).
+    keys, valid = [], []
     for level, (s, (lo, hi)) in enumerate(zip(num_grids, scale_ranges)):
         in_range = (scale >= lo) & (scale <= hi) & (area > 0)
-        cells, valid = level_cells(c_y, c_x, box_w, box_h, s, sigma, padded_size)
-        valid = valid & in_range[:, None]
-        gt_idx, slot = valid.nonzero(as_tuple=True)  # row-major: GT order, then cell order
-        entry_gt.append(gt_idx)
-        entry_key.append(image[gt_idx] * total + level_offsets[level] + cells[gt_idx, slot])
-        entry_level.append(torch.full_like(gt_idx, level))
-    entry_gt = torch.cat(entry_gt)
-    entry_key = torch.cat(entry_key)
-    entry_level = torch.cat(entry_level)
+        cells, ok = level_cells(c_y, c_x, box_w, box_h, s, sigma, padded_size)
+        keys.append(image[:, None] * total + level_offsets[level] + cells)
+        valid.append(ok & in_range[:, None])
+    keys = torch.stack(keys)  # (L, K, 9) int64
+    valid = torch.stack(valid)  # (L, K, 9) bool
 
-    # GT of each cell: the last (max index) or the first (min index) GT covering it.
-    k = masks.shape[0]
-    if cell_assignment == "first":
-        owner = torch.full((num_images * total,), k, dtype=torch.int64, device=device)
-        owner.scatter_reduce_(0, entry_key, entry_gt, reduce="amin")
-        assigned = owner < k
+    # GT of each cell: the last (max index) or the first (min index) GT covering it. Scattered
+    # from the dense (L, K, 9) pairs (invalid ones carry the neutral value, to key 0): no host
+    # read. Integer min / max do not depend on the order of the updates: deterministic.
+    gt_ids = torch.arange(k, device=device)[None, :, None].expand(keys.shape)
+    neutral = k if cell_assignment == "first" else -1
+    owner = torch.full((num_images * total,), neutral, dtype=torch.int64, device=device)
+    owner.scatter_reduce_(0, torch.where(valid, keys, 0).reshape(-1),
+                          torch.where(valid, gt_ids, neutral).reshape(-1),
+                          reduce="amin" if cell_assignment == "first" else "amax")
+    assigned = owner < k if cell_assignment == "first" else owner >= 0
+    # no host sync: a gather of every cell's owner class, then the background where unassigned
+    # (was a boolean-mask assignment, i.e. a nonzero)
+    if k > 0:
+        labels = classes[owner.clamp(0, k - 1)].to(torch.int64).masked_fill(~assigned, num_classes)
     else:
-        owner = torch.full((num_images * total,), -1, dtype=torch.int64, device=device)
-        owner.scatter_reduce_(0, entry_key, entry_gt, reduce="amax")
-        assigned = owner >= 0
-    labels = torch.full((num_images * total,), num_classes, dtype=torch.int64, device=device)
-    labels[assigned] = classes[owner[assigned]]
+        labels = torch.full((num_images * total,), num_classes, dtype=torch.int64, device=device)
     num_pos_cells = assigned.sum()
 
+    # The ONE host read of the targets: the number of positives, the most positives of one
+    # image (the padded size of the dynamic masks, mask_branch.dynamic_mask_logits) and the
+    # positives of each level (SOLO's per-level masks), read together; then nonzero_static with
+    # that size does not sync.
+    if cell_assignment == "all":  # every valid (GT, cell) pair is a positive
+        per_image = torch.zeros(num_images, dtype=torch.int64, device=device).index_add_(
+            0, image, valid.sum(dim=(0, 2)))
+        per_level = valid.sum(dim=(1, 2))
+    else:  # one positive per assigned cell
+        per_cell = assigned.view(num_images, total)
+        per_image = per_cell.sum(dim=1)
+        per_level = torch.stack([x.sum() for x in per_cell.split(sizes, dim=1)])
+    counts = torch.cat([per_image.sum()[None], per_image.max()[None], per_level]).tolist()
+    num_pos, max_pos_per_image, pos_per_level = counts[0], counts[1], counts[2:]
+
     if cell_assignment == "all":
-        pos_gt, pos_key, pos_level = entry_gt, entry_key, entry_level
+        pos_level, pos_gt, slot = torch.nonzero_static(valid, size=num_pos).unbind(1)
+        pos_key = keys[pos_level, pos_gt, slot]
     else:
-        pos_key = assigned.nonzero().squeeze(1)
+        pos_key = torch.nonzero_static(assigned, size=num_pos).squeeze(1)
         pos_gt = owner[pos_key]
-        level_of_cell = torch.repeat_interleave(
-            torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
-        pos_level = level_of_cell[pos_key % total]
+        pos_level = torch.zeros_like(pos_key)
+        for offset in level_offsets[1:]:  # level = level starts ≤ cell (no table to copy over)
+            pos_level += (pos_key % total >= offset).long()
     return SOLOTargets(
         labels=labels.view(num_images, total),
         pos_image=pos_key // total,
@@ -233,4 +258,6 @@ def build_solo_targets(
         pos_gt=pos_gt,
         num_pos_cells=num_pos_cells,
         gt_masks=masks,
+        max_pos_per_image=max_pos_per_image,
+        pos_per_level=pos_per_level,
     )

@@ -1,4 +1,6 @@
 """Mask assembly of YOLACT (Sec. 3.2): ``M = σ(P Cᵀ)`` cropped by a box (spec models.md §7)."""
+from typing import Optional
+
 import torch
 
 __all__ = ["crop_masks", "assemble_masks", "assemble_masks_batched", "boxes_to_mask_frame"]
@@ -7,8 +9,13 @@ __all__ = ["crop_masks", "assemble_masks", "assemble_masks_batched", "boxes_to_m
 def boxes_to_mask_frame(boxes: torch.Tensor, input_size: int, mask_h: int, mask_w: int):
     """XYXY boxes in input pixels (square ``input_size``) → prototype pixels (float, no
     rounding): ``box / input_size × (W_p, H_p)``. (N, 4) → (N, 4)."""
-    scale = boxes.new_tensor([mask_w, mask_h, mask_w, mask_h]) / float(input_size)
-    return boxes * scale
+    # no host sync: the two factors are computed on the host in the boxes' dtype (as the
+    # device tensor ``[W_p, H_p, W_p, H_p] / input_size`` was) and applied as Python scalars,
+    # which the product takes in that dtype: the same values, no host → device copy
+    sx, sy = (torch.tensor([float(mask_w), float(mask_h)], dtype=boxes.dtype)
+              / float(input_size)).tolist()
+    return torch.stack([boxes[..., 0] * sx, boxes[..., 1] * sy,
+                        boxes[..., 2] * sx, boxes[..., 3] * sy], dim=-1)
 
 
 def crop_masks(masks: torch.Tensor, boxes: torch.Tensor, padding: int = 1) -> torch.Tensor:
@@ -44,13 +51,16 @@ def assemble_masks(prototypes: torch.Tensor, coeffs: torch.Tensor) -> torch.Tens
 
 
 def assemble_masks_batched(prototypes: torch.Tensor, coeffs: torch.Tensor,
-                           image_index: torch.Tensor) -> torch.Tensor:
+                           image_index: torch.Tensor,
+                           max_per_image: Optional[int] = None) -> torch.Tensor:
     """``σ(C_k · P_{image(k)})`` for detections of several images in one batched product.
 
     Args:
         prototypes: (B, P, H, W).
         coeffs: (N, P) coefficients, grouped by image (``image_index`` non-decreasing).
         image_index: (N,) int64 image of each row.
+        max_per_image: the most rows of one image, if the caller already read it on the host
+            (e.g. with its count of positives); None: read here (one host sync).
 
     Returns:
         (N, H, W) mask probabilities.
@@ -59,10 +69,13 @@ def assemble_masks_batched(prototypes: torch.Tensor, coeffs: torch.Tensor,
     n = coeffs.shape[0]
     if n == 0:
         return prototypes.new_zeros((0, h, w)) + coeffs.sum() * 0
-    counts = torch.bincount(image_index, minlength=b)
+    # no host sync: index_add_ with the known length B (bincount reads the max on CUDA)
+    counts = torch.zeros(b, dtype=torch.int64, device=coeffs.device).index_add_(
+        0, image_index, torch.ones_like(image_index, dtype=torch.int64))
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(n, device=coeffs.device) - starts[image_index]
-    width = int(counts.max())  # host read: the padded width is a data-dependent shape
+    # the padded width is a data-dependent shape: one host read, unless the caller has it
+    width = int(counts.max()) if max_per_image is None else max_per_image
     padded = coeffs.new_zeros((b, width, p))
     padded = padded.index_put((image_index, slot), coeffs)
     logits = torch.bmm(padded, prototypes.reshape(b, p, h * w))  # (B, width, H·W)

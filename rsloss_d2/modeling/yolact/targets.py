@@ -87,8 +87,12 @@ def prepare_targets(gt_instances: List[Instances], image_sizes: List[Tuple[int, 
         g = len(inst)
         if g == 0:
             continue
-        scale = boxes.new_tensor([input_size / w, input_size / h] * 2)
-        boxes[i, :g] = inst.gt_boxes.tensor.to(boxes) * scale
+        # no host sync: x and y columns scaled by Python floats (was a small tensor copied to
+        # the device per image); same float32 products (the scalar is rounded to float32 as
+        # the tensor's entries were)
+        gt_boxes = inst.gt_boxes.tensor.to(boxes)
+        boxes[i, :g, 0::2] = gt_boxes[:, 0::2] * (input_size / w)
+        boxes[i, :g, 1::2] = gt_boxes[:, 1::2] * (input_size / h)
         classes[i, :g] = inst.gt_classes
         wh = boxes[i, :g, 2:] - boxes[i, :g, :2]
         valid[i, :g] = (wh > 0).all(dim=1)  # a degenerate box has no deltas: left out
