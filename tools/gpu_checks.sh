@@ -18,6 +18,8 @@
 #                  times against each other on shapes_val
 #   SYNCS=1 LOSSES=1 TRAIN_BENCH=1   tools/count_host_syncs.py / benchmark_losses.py /
 #                  benchmark_train.py (0 skips)
+#   SYNC_LIST      configs whose host syncs are counted (default: AMP_CONFIGS)
+#   PY             the Python to use (default: python)
 #
 # Needs the shapes / shapes_lt datasets generated beforehand (python -m rsloss_d2.data.synthetic):
 # the parallel trainings would otherwise all generate them at once. Writes OUT_DIR/summary.md and
