@@ -76,7 +76,6 @@ def test_solov2_short_training_evaluates_above_floor(solo_root, tmp_path_factory
     train_and_check("solov2", solo_root, tmp_path_factory)
 
 
-@pytest.mark.slow
 def test_rs_solov2_short_training_evaluates_above_floor(solo_root, tmp_path_factory):
     train_and_check("rs_solov2", solo_root, tmp_path_factory)
 
