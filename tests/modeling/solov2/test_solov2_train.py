@@ -32,9 +32,15 @@ OVERRIDES = [
 # probabilities of a from-scratch model slowly (its gradient is normalised by the positives,
 # not by the focal loss's sum over all cells), so after 60 iterations no score exceeds the
 # RS-SOLOv2 test threshold 0.2 yet: this short run is evaluated at 0.05.
+# Vanilla SOLO (one mask channel per cell) with the official grids did not learn its masks in
+# 200 iterations here (dice loss 2.94 → 2.90; at 256 px on the full data they start to move
+# after ~400): with the smaller grids [12, 10, 8, 6, 4] (144 instead of 1600 channels at level
+# 0, so each channel sees more positives) 150 iterations give 10.5 mask AP at threshold 0.05.
 RUNS = {
     "solov2": (100, ["SOLVER.STEPS", "(80,)"], 8.0),
     "rs_solov2": (60, ["SOLVER.STEPS", "(50,)", "MODEL.SOLOV2.SCORE_THR", "0.05"], 2.5),
+    "solo": (150, ["SOLVER.STEPS", "(120,)", "MODEL.SOLOV2.SCORE_THR", "0.05",
+                   "MODEL.SOLOV2.NUM_GRIDS", "[12,10,8,6,4]"], 5.0),
 }
 
 
@@ -78,6 +84,10 @@ def test_solov2_short_training_evaluates_above_floor(solo_root, tmp_path_factory
 
 def test_rs_solov2_short_training_evaluates_above_floor(solo_root, tmp_path_factory):
     train_and_check("rs_solov2", solo_root, tmp_path_factory)
+
+
+def test_vanilla_solo_short_training_evaluates_above_floor(solo_root, tmp_path_factory):
+    train_and_check("solo", solo_root, tmp_path_factory)
 
 
 def fit_fixed_batch(config, steps):
