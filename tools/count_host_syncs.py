@@ -179,19 +179,21 @@ def run_config(config_file: str, opts: List[str], warmup: int, iters: int,
     model.train()
     optimizer = build_optimizer(cfg, model)
     counter = SyncCounter(cuda=True)
+
+    def step(i):
+        losses = model(batches[i % num_batches])
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        storage.step()
+
     with EventStorage(0) as storage:
-        for i in range(warmup + iters):
-            observed = i >= warmup
-            if observed and i == warmup:
-                counter.__enter__()
-            if observed:
+        for i in range(warmup):
+            step(i)
+        with counter:
+            for i in range(warmup, warmup + iters):
                 counter.new_step()
-            losses = model(batches[i % num_batches])
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
-            storage.step()
-        counter.__exit__(None, None, None)
+                step(i)
     del model, optimizer
     torch.cuda.empty_cache()
     return counter

@@ -13,6 +13,8 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, get_norm
 from torch import nn
 
+from rsloss_d2.losses._step_sums import counts_per_bin
+
 from .instance_head import coord_features
 
 __all__ = ["SOLOv2MaskBranch", "dynamic_mask_logits"]
@@ -104,9 +106,7 @@ def dynamic_mask_logits(kernels: torch.Tensor, image_index: torch.Tensor,
         return kernels.new_zeros((0, h, w)) + mask_features.sum() * 0
     order = torch.argsort(image_index, stable=True)
     sorted_img = image_index[order]
-    # no host sync: index_add_ with the known length B (bincount reads the max on CUDA)
-    counts = torch.zeros(b, dtype=torch.int64, device=kernels.device).index_add_(
-        0, sorted_img, torch.ones_like(sorted_img, dtype=torch.int64))
+    counts = counts_per_bin(sorted_img, b)  # no host sync (bincount reads its max on CUDA)
     starts = counts.cumsum(0) - counts
     slot = torch.arange(p, device=kernels.device) - starts[sorted_img]
     # the padded size depends on the data: one host read, unless the caller has it already

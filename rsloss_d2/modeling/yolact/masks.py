@@ -3,6 +3,8 @@ from typing import Optional
 
 import torch
 
+from rsloss_d2.losses._step_sums import counts_per_bin
+
 __all__ = ["crop_masks", "assemble_masks", "assemble_masks_batched", "boxes_to_mask_frame"]
 
 
@@ -69,9 +71,7 @@ def assemble_masks_batched(prototypes: torch.Tensor, coeffs: torch.Tensor,
     n = coeffs.shape[0]
     if n == 0:
         return prototypes.new_zeros((0, h, w)) + coeffs.sum() * 0
-    # no host sync: index_add_ with the known length B (bincount reads the max on CUDA)
-    counts = torch.zeros(b, dtype=torch.int64, device=coeffs.device).index_add_(
-        0, image_index, torch.ones_like(image_index, dtype=torch.int64))
+    counts = counts_per_bin(image_index, b)  # no host sync (bincount reads its max on CUDA)
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(n, device=coeffs.device) - starts[image_index]
     # the padded width is a data-dependent shape: one host read, unless the caller has it
