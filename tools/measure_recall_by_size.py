@@ -79,7 +79,9 @@ def collect(model, cfg):
         images = model.preprocess_image(batch)
         features = model.backbone(images.tensor)
         proposals, _ = model.proposal_generator(images, features, None)
-        detections = model(batch)
+        # the box head on the same proposals (GeneralizedRCNN.inference without recomputing them)
+        results, _ = model.roi_heads(images, features, proposals, None)
+        detections = model._postprocess(results, batch, images.image_sizes)
         for inputs, props, dets, (h, w) in zip(batch, proposals, detections, images.image_sizes):
             record = records[inputs["image_id"]]
             gt = gt_boxes_of(record)
