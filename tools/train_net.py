@@ -51,7 +51,7 @@ from rsloss_d2.data import DatasetFileError, check_dataset_files  # noqa: E402
 from rsloss_d2.data.config_checks import ConfigDataError, check_config_against_data  # noqa: E402
 from rsloss_d2.data.transforms import build_train_mapper  # noqa: E402
 from rsloss_d2.data.user_datasets import DatasetFormatError, register_from_args  # noqa: E402
-from rsloss_d2.engine import TrainingAutocast  # noqa: E402
+from rsloss_d2.engine import TrainingAutocast, leave_process_group  # noqa: E402
 from rsloss_d2.evaluation.build import build_evaluator, format_baseline_comparison  # noqa: E402
 
 # errors found before any process starts: printed as one `train_net.py: error:` line
@@ -209,6 +209,14 @@ def setup(args):
 
 
 def main(args):
+    results = train_or_evaluate(args)
+    # Detectron2's `launch` leaves the process group alive; torn down at exit after rank 0 has
+    # gone, it can abort a process whose work is done (rsloss_d2/engine/process_group.py)
+    leave_process_group()
+    return results
+
+
+def train_or_evaluate(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)

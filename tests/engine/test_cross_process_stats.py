@@ -36,6 +36,8 @@ sys.path.insert(0, os.path.join(REPO, "tests", "modeling"))
 
 from _dense_helpers import build, dense_cfg, make_image  # noqa: E402
 
+from rsloss_d2.engine import leave_process_group  # noqa: E402
+
 PERIOD = 3  # TINY_OVERRIDES of _dense_helpers
 STEPS = 4   # boundary at the 3rd step, then one accumulated step
 EMPTY_STEP = 1  # rank 1 gets two images without objects at this step
@@ -159,6 +161,7 @@ def _machine_worker(machine_rank, out_dir):
                 "local_size": comm.get_local_size(), "backend": str(dist.get_backend())}
     torch.save(topology, os.path.join(out_dir, f"topology{machine_rank}.pt"))
     _record(comm.get_rank(), comm.get_world_size(), out_dir)
+    leave_process_group()  # as tools/train_net.py's main: `launch` does not destroy the group
 
 
 # the entry point of each "machine": python -c _MACHINE_ENTRY MACHINE_RANK PORT OUT_DIR
