@@ -216,18 +216,28 @@ def _render_image(rng, size, objects, crowd=None):
     return img, masks
 
 
+def _replace_atomically(path, write):
+    """``write(file)`` into a temporary file of this process, then rename it to ``path``.
+
+    Two processes may generate the same (deterministic) dataset at once, e.g. two trainings started
+    together on a fresh clone: each writes its own temporary file (a shared name would be renamed
+    away under the other), and a reader sees either no file or a complete one, never a half-written
+    image or annotation file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
 def _write_image(path, img):
     ok, buf = cv2.imencode(".jpg", img, [int(cv2.IMWRITE_JPEG_QUALITY), 92])
     assert ok
-    with open(path, "wb") as f:
-        f.write(buf.tobytes())
+    _replace_atomically(path, lambda f: f.write(buf.tobytes()))
 
 
 def _json_dump(obj, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, separators=(",", ":"), sort_keys=True)
-    os.replace(tmp, path)  # never leave a half-written annotation file behind
+    text = json.dumps(obj, separators=(",", ":"), sort_keys=True)
+    _replace_atomically(path, lambda f: f.write(text.encode()))
 
 
 def generate_shapes(root, split, num_images, image_size=256, seed=0, progress=True):

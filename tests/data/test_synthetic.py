@@ -125,3 +125,29 @@ def test_cli_generates_requested_sizes(tmp_path):
         d = json.load(f)
     assert len(d["images"]) == 3 and d["images"][0]["width"] == 64
     assert not (tmp_path / "shapes_lt").exists()
+
+
+def test_two_processes_writing_the_same_file_at_once(tmp_path, monkeypatch):
+    """Another process (another pid) writes the same annotation file between this process's write
+    and its rename: both renames succeed, the file is complete and no temporary file is left."""
+    import os
+
+    from rsloss_d2.data import synthetic
+
+    real_replace, real_getpid = os.replace, os.getpid
+    path = str(tmp_path / "instances_train.json")
+    interleaved = []
+
+    def replace_after_the_other_process(src, dst):
+        if not interleaved:
+            interleaved.append(src)
+            monkeypatch.setattr(os, "getpid", lambda: real_getpid() + 1)
+            synthetic._json_dump({"writer": "other"}, path)  # the other process, start to end
+            monkeypatch.setattr(os, "getpid", real_getpid)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_after_the_other_process)
+    synthetic._json_dump({"writer": "this"}, path)
+    with open(path) as f:
+        assert json.load(f) == {"writer": "this"}  # the last rename wins, whole
+    assert interleaved and os.listdir(tmp_path) == ["instances_train.json"]
