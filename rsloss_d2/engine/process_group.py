@@ -8,17 +8,19 @@ so a run that trained and saved everything ends with a non-zero exit code. Every
 waits for the others, then destroys its group before returning.
 """
 import torch.distributed as dist
+from detectron2.utils import comm
 
 __all__ = ["leave_process_group"]
 
 
 def leave_process_group():
-    """Barrier, then ``destroy_process_group``; nothing when no group is initialised.
+    """Barrier (Detectron2's ``comm.synchronize``, which gives NCCL the process's device), then
+    ``destroy_process_group``; nothing when no group is initialised.
 
     Call it only on the success path: after an error on one process the others would wait in the
     barrier until the group's timeout.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
-    dist.barrier()
+    comm.synchronize()
     dist.destroy_process_group()
