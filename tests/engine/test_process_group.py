@@ -3,6 +3,7 @@ group; without a group it does nothing."""
 import datetime
 import os
 import socket
+import time
 
 import torch
 import torch.distributed as dist
@@ -17,11 +18,11 @@ def _worker(rank, port, out_dir):
                             world_size=2, timeout=datetime.timedelta(seconds=60))
     before = dist.is_initialized()
     if rank == 1:  # the slower process: rank 0 must wait for it in the barrier
-        import time
         time.sleep(0.5)
+    entered = time.time()
     leave_process_group()
-    torch.save({"before": before, "after": dist.is_initialized()},
-               os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save({"before": before, "after": dist.is_initialized(), "entered": entered,
+                "left": time.time()}, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def test_leaves_the_group_on_every_process(tmp_path):
@@ -30,7 +31,8 @@ def test_leaves_the_group_on_every_process(tmp_path):
         port = s.getsockname()[1]
     mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
     states = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    assert states == [{"before": True, "after": False}] * 2
+    assert [(s["before"], s["after"]) for s in states] == [(True, False)] * 2
+    assert states[0]["left"] >= states[1]["entered"]  # rank 0 waited for the slower rank 1
 
 
 def test_without_a_group_does_nothing():
