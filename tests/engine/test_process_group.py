@@ -2,12 +2,12 @@
 group; without a group it does nothing."""
 import datetime
 import os
-import socket
 import time
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from detectron2.engine.launch import _find_free_port
 
 from rsloss_d2.engine import leave_process_group
 
@@ -26,10 +26,7 @@ def _worker(rank, port, out_dir):
 
 
 def test_leaves_the_group_on_every_process(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(_find_free_port(), str(tmp_path)), nprocs=2, join=True)
     states = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert [(s["before"], s["after"]) for s in states] == [(True, False)] * 2
     assert states[0]["left"] >= states[1]["entered"]  # rank 0 waited for the slower rank 1
