@@ -222,11 +222,17 @@ def _replace_atomically(path, write):
     Two processes may generate the same (deterministic) dataset at once, e.g. two trainings started
     together on a fresh clone: each writes its own temporary file (a shared name would be renamed
     away under the other), and a reader sees either no file or a complete one, never a half-written
-    image or annotation file."""
+    image or annotation file. A failed write (e.g. a full disk) removes its temporary file and
+    re-raises."""
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _write_image(path, img):

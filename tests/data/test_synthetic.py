@@ -151,3 +151,17 @@ def test_two_processes_writing_the_same_file_at_once(tmp_path, monkeypatch):
     with open(path) as f:
         assert json.load(f) == {"writer": "this"}  # the last rename wins, whole
     assert interleaved and os.listdir(tmp_path) == ["instances_train.json"]
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    """A write that raises (a full disk) re-raises and leaves neither the file nor its temporary
+    file behind."""
+    from rsloss_d2.data import synthetic
+
+    def full_disk(f):
+        f.write(b"{")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        synthetic._replace_atomically(str(tmp_path / "instances_train.json"), full_disk)
+    assert os.listdir(tmp_path) == []
