@@ -10,6 +10,7 @@ from lvis import LVIS
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from rsloss_d2.data import synthetic
 from rsloss_d2.data.synthetic import generate_all, lvis_frequency
 
 
@@ -130,10 +131,6 @@ def test_cli_generates_requested_sizes(tmp_path):
 def test_two_processes_writing_the_same_file_at_once(tmp_path, monkeypatch):
     """Another process (another pid) writes the same annotation file between this process's write
     and its rename: both renames succeed, the file is complete and no temporary file is left."""
-    import os
-
-    from rsloss_d2.data import synthetic
-
     real_replace, real_getpid = os.replace, os.getpid
     path = str(tmp_path / "instances_train.json")
     interleaved = []
@@ -156,8 +153,6 @@ def test_two_processes_writing_the_same_file_at_once(tmp_path, monkeypatch):
 def test_a_failed_write_leaves_no_temporary_file(tmp_path):
     """A write that raises (a full disk) re-raises and leaves neither the file nor its temporary
     file behind."""
-    from rsloss_d2.data import synthetic
-
     def full_disk(f):
         f.write(b"{")
         raise OSError(28, "No space left on device")
