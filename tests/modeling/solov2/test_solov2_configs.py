@@ -74,3 +74,28 @@ def test_config_builds(path):
     elif expected_type == "vanilla":
         assert [c.out_channels for c in head.ins_preds] == [g * g for g in s.NUM_GRIDS]
     assert len(head.cate_tower) == s.NUM_INSTANCE_CONVS
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_official_warmup_and_norm_weight_decay(path):
+    """SOLO / Decoupled SOLO warm up from lr/3, SOLOv2 / RS-SOLOv2 from lr/100 (official
+    ``warmup_ratio``); mmdet v1 decays every parameter, norm layers included, so the optimiser
+    Detectron2 builds from the config gives the norm layers the same weight decay."""
+    from detectron2.solver import build_optimizer
+
+    cfg = load(path)
+    name = os.path.basename(path)
+    vanilla_or_decoupled = "solo_" in name and "solov2" not in name
+    assert cfg.SOLVER.WARMUP_FACTOR == pytest.approx(1 / 3 if vanilla_or_decoupled else 0.01)
+    assert cfg.SOLVER.WEIGHT_DECAY_NORM == cfg.SOLVER.WEIGHT_DECAY == 1e-4
+    if "_quick" not in name:
+        return  # building the optimiser of one small model per head type is enough
+    model = build_model(cfg)
+    norm_params = {id(p) for m in model.modules()
+                   if isinstance(m, (torch.nn.GroupNorm, torch.nn.BatchNorm2d, torch.nn.LayerNorm))
+                   for p in m.parameters(recurse=False)}
+    assert norm_params
+    opt = build_optimizer(cfg, model)
+    decays = {g["weight_decay"] for g in opt.param_groups
+              if any(id(p) in norm_params for p in g["params"])}
+    assert decays == {1e-4}
