@@ -14,21 +14,19 @@ registered as by `tools/train_net.py --dataset`), else from `DATASETS.TEST[0]`.
 import argparse
 import glob
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import cv2  # noqa: E402
-import tqdm  # noqa: E402
+import cv2
+import tqdm
 
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.data.detection_utils import read_image  # noqa: E402
-from detectron2.engine import DefaultPredictor  # noqa: E402
-from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from rsloss_d2 import add_rsloss_config  # noqa: E402
-from rsloss_d2.data.user_datasets import register_from_args  # noqa: E402
+from rsloss_d2 import add_rsloss_config
+from rsloss_d2.data.user_datasets import register_from_args
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 

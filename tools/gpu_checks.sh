@@ -2,9 +2,9 @@
 # The CUDA checks of the README's "GPU" section, in one run on a machine with one GPU:
 #   1. every model family trains its `shapes` schedule in fp16 with gradient scaling (Detectron2's
 #      AMPTrainer, SOLVER.AMP.ENABLED True), then evaluates (fp32) — all families at once, one
-#      process each; in parallel, tools/count_host_syncs.py counts the host syncs per step of the
+#      process each; in parallel, tools/diagnostics/count_host_syncs.py counts the host syncs per step of the
 #      ranking-loss heads (not timed, so sharing the GPU does not matter);
-#   2. then, alone on the GPU: tools/benchmark_losses.py and tools/benchmark_train.py.
+#   2. then, alone on the GPU: tools/benchmarks/benchmark_losses.py and tools/benchmarks/benchmark_train.py.
 #
 #   bash tools/gpu_checks.sh OUT_DIR [PHASE1_TIMEOUT_S]
 #
@@ -14,9 +14,9 @@
 #   FP32_CONFIGS   configs trained in fp32, seed 1, beside them (side-by-side tables); default none
 #   THR0_CONFIGS   of those, the ones evaluated again at score threshold 0
 #                  (MODEL.RETINANET.SCORE_THRESH_TEST 0.0)
-#   INFER_PAIRS    "A:B ..." pairs of FP32 configs whose trained weights tools/benchmark_inference.py
+#   INFER_PAIRS    "A:B ..." pairs of FP32 configs whose trained weights tools/benchmarks/benchmark_inference.py
 #                  times against each other on shapes_val
-#   SYNCS=1 LOSSES=1 TRAIN_BENCH=1   tools/count_host_syncs.py / benchmark_losses.py /
+#   SYNCS=1 LOSSES=1 TRAIN_BENCH=1   tools/diagnostics/count_host_syncs.py / benchmark_losses.py /
 #                  benchmark_train.py (0 skips)
 #   SYNC_LIST      configs whose host syncs are counted (default: AMP_CONFIGS)
 #   PY             the Python to use (default: python)
@@ -83,7 +83,7 @@ done
 if [ "${SYNCS:-1}" = 1 ]; then
   SYNC_CONFIGS=""
   for f in ${SYNC_LIST:-$FAMILIES}; do SYNC_CONFIGS="$SYNC_CONFIGS configs/$f.yaml"; done
-  timeout "$AMP_TIMEOUT" $PY tools/count_host_syncs.py --config-files $SYNC_CONFIGS \
+  timeout "$AMP_TIMEOUT" $PY tools/diagnostics/count_host_syncs.py --config-files $SYNC_CONFIGS \
     > "$LOGS/count_host_syncs.log" 2>&1 &
 fi
 wait
@@ -91,7 +91,7 @@ echo "phase 1 (trainings + sync counts): $(( $(date +%s) - T0 )) s" | tee "$LOGS
 
 # 2. benchmarks, alone on the GPU
 T0=$(date +%s)
-[ "${LOSSES:-1}" = 1 ] && timeout 120 $PY tools/benchmark_losses.py --devices "$DEVICE" --repeats 10 \
+[ "${LOSSES:-1}" = 1 ] && timeout 120 $PY tools/benchmarks/benchmark_losses.py --devices "$DEVICE" --repeats 10 \
   --sizes "$BENCH_SIZES" > "$LOGS/benchmark_losses.log" 2>&1
 echo "benchmark_losses: $(( $(date +%s) - T0 )) s" | tee -a "$LOGS/times.txt"
 T0=$(date +%s)
@@ -129,7 +129,7 @@ T0=$(date +%s)
 for pair in $INFER_PAIRS; do
   a=${pair%%:*}; b=${pair##*:}
   echo "\$ benchmark_inference.py --config-a configs/$a.yaml --config-b configs/$b.yaml (trained fp32 weights of phase 1) --num-images 50 --warmup 5" >> "$LOGS/benchmark_inference.log"
-  timeout 60 $PY tools/benchmark_inference.py --config-a "configs/$a.yaml" --config-b "configs/$b.yaml" \
+  timeout 60 $PY tools/benchmarks/benchmark_inference.py --config-a "configs/$a.yaml" --config-b "configs/$b.yaml" \
     --weights-a "$WORK/fp32/$(basename "$a")/model_final.pth" \
     --weights-b "$WORK/fp32/$(basename "$b")/model_final.pth" --num-images 50 --warmup 5 \
     --device "$DEVICE" >> "$LOGS/benchmark_inference.log" 2>&1

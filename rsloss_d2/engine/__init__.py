@@ -1,3 +1,18 @@
-"""Training-loop helpers for Detectron2's trainers."""
+"""Training and evaluation entry points over Detectron2's trainers (`tools/train_net.py` is a
+thin wrapper of `run`)."""
 from .autocast import TrainingAutocast  # noqa: F401
 from .process_group import leave_process_group  # noqa: F401
+from .trainer import Trainer  # noqa: F401
+from .launch import (  # noqa: F401
+    SETUP_ERRORS,
+    argument_parser,
+    build_cfg,
+    check_before_launch,
+    eval_only_command,
+    images_per_process_warning,
+    main,
+    register_datasets,
+    run,
+    setup,
+    train_or_evaluate,
+)

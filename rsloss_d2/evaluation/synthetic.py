@@ -1,5 +1,5 @@
 """Seeded synthetic COCO-format ground truth and detections, for the evaluation benchmark
-(`tools/benchmark_eval.py`) and the tests of the oLRP evaluation.
+(`tools/benchmarks/benchmark_eval.py`) and the tests of the oLRP evaluation.
 
 GTs have sizes from a few pixels to most of the image (so all three COCO area ranges are
 populated), a skewed class distribution and some crowd regions; detections are GT boxes

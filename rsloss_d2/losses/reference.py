@@ -9,7 +9,7 @@ iterations, exactly the cost the fast implementations in this package avoid.
 They exist for two purposes only:
 
 * the tests (``tests/losses``) compare the fast losses to them, values and gradients, in float64;
-* ``tools/benchmark_losses.py`` times them as "the official algorithm".
+* ``tools/benchmarks/benchmark_losses.py`` times them as "the official algorithm".
 
 Every function works in the dtype and on the device of ``logits`` (no autocast handling, no
 finite-check) and returns plain tensors, no autograd graph. ``max_positives`` lets the benchmark

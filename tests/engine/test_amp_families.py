@@ -39,10 +39,7 @@ def datasets_root(shapes_root):
 @pytest.mark.parametrize("config", FAMILY_CONFIGS)
 def test_family_trains_under_cpu_bf16_autocast(config, datasets_root):
     import argparse
-    import sys
-
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    import train_net
+    from rsloss_d2 import engine as train_net
     from rsloss_d2.engine import TrainingAutocast
 
     args = argparse.Namespace(

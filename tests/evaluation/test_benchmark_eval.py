@@ -1,4 +1,4 @@
-"""tools/benchmark_eval.py runs end to end on a small set and agrees with pycocotools."""
+"""tools/benchmarks/benchmark_eval.py runs end to end on a small set and agrees with pycocotools."""
 import importlib.util
 import os
 
@@ -7,7 +7,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def test_benchmark_eval_small(capsys):
     spec = importlib.util.spec_from_file_location(
-        "benchmark_eval", os.path.join(REPO, "tools", "benchmark_eval.py"))
+        "benchmark_eval", os.path.join(REPO, "tools", "benchmarks", "benchmark_eval.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     mod.main(["--images", "30", "--classes", "4", "--dets", "20", "--check"])

@@ -1,4 +1,4 @@
-"""tools/count_host_syncs.py: sync warnings are counted per step and attributed to the innermost
+"""tools/diagnostics/count_host_syncs.py: sync warnings are counted per step and attributed to the innermost
 rsloss_d2 (else detectron2) frame; other warnings pass through. The CUDA part
 (``torch.cuda.set_sync_debug_mode``) is exercised on a GPU machine; here the warnings that torch
 issues in that mode are raised by hand from code compiled under package-like file names."""
@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
+sys.path.insert(0, os.path.join(REPO, "tools", "diagnostics"))
 import count_host_syncs as chs  # noqa: E402
 
 

@@ -10,9 +10,12 @@ from conftest import QUICK_CONFIG, REPO
 
 
 def _load_tool(name):
+    """A script of tools/ (or of its benchmarks/ / diagnostics/ folders) as a module."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", name + ".py"))
+    path = next(p for p in (os.path.join(REPO, "tools", d, name + ".py")
+                            for d in ("", "benchmarks", "diagnostics")) if os.path.isfile(p))
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

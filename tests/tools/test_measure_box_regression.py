@@ -1,4 +1,4 @@
-"""tools/measure_box_regression.py: IoU of the positive RPN proposals before / after the box
+"""tools/diagnostics/measure_box_regression.py: IoU of the positive RPN proposals before / after the box
 head's regression (appended GT boxes left out)."""
 import torch
 
@@ -8,7 +8,7 @@ from test_demo_and_plots import _load_tool
 def test_regression_gain_of_known_deltas(shapes_root, tmp_path, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", shapes_root)
     tool = _load_tool("measure_box_regression")
-    import train_net
+    from rsloss_d2 import engine as train_net
     from detectron2.checkpoint import DetectionCheckpointer
     from rsloss_d2.modeling.box_losses import aligned_iou
 
@@ -45,7 +45,7 @@ def test_fixed_batch_fit_traces(shapes_root, tmp_path, monkeypatch):
     boxes, and the traced λ is the RS head's (L_rank + L_sort) / L_box."""
     monkeypatch.setenv("DETECTRON2_DATASETS", shapes_root)
     tool = _load_tool("measure_box_regression")
-    import train_net
+    from rsloss_d2 import engine as train_net
     from detectron2.checkpoint import DetectionCheckpointer
 
     args = train_net.argument_parser().parse_args(
@@ -70,7 +70,7 @@ def test_positive_feature_stats_count_active_and_dead_units(shapes_root, monkeyp
     every positive, units with bias < 0 never; norm = sqrt(sum of the active biases²)."""
     monkeypatch.setenv("DETECTRON2_DATASETS", shapes_root)
     tool = _load_tool("measure_box_regression")
-    import train_net
+    from rsloss_d2 import engine as train_net
     from detectron2.data import build_detection_train_loader
     from detectron2.utils.env import seed_all_rng
 

@@ -1,4 +1,4 @@
-"""tools/measure_recall_by_size.py: best IoU of the proposals / detections per object, by COCO
+"""tools/diagnostics/measure_recall_by_size.py: best IoU of the proposals / detections per object, by COCO
 size range, in original image pixels."""
 import torch
 from detectron2.data import DatasetCatalog
@@ -79,7 +79,7 @@ def test_collect_compares_in_original_pixels(shapes_root, monkeypatch):
     resized GT boxes must come back at IoU 1, the narrowed detections at 0.6."""
     monkeypatch.setenv("DETECTRON2_DATASETS", shapes_root)
     tool = _load_tool("measure_recall_by_size")
-    import train_net
+    from rsloss_d2 import engine as train_net
 
     cfg = train_net.build_cfg(train_net.argument_parser().parse_args(
         ["--config-file", CONFIG, "DATALOADER.NUM_WORKERS", "0"]))

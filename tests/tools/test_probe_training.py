@@ -1,4 +1,4 @@
-"""tools/probe_training.py: per-iteration statistics (not 20-iteration medians) of the first
+"""tools/diagnostics/probe_training.py: per-iteration statistics (not 20-iteration medians) of the first
 iterations of a config, with the backbone gradient norm, and the window summary."""
 import json
 import os
@@ -11,7 +11,7 @@ from conftest import REPO
 def test_probe_records_every_iteration(shapes_root, tmp_path):
     out = tmp_path / "probe"
     env = dict(os.environ, DETECTRON2_DATASETS=shapes_root)
-    cmd = [sys.executable, os.path.join(REPO, "tools", "probe_training.py"),
+    cmd = [sys.executable, os.path.join(REPO, "tools", "diagnostics", "probe_training.py"),
            "--configs", os.path.join(REPO, "configs/shapes/rs_faster_rcnn_R_18_FPN_quick.yaml"),
            "--iters", "3", "--window", "2", "--seed", "3", "--out", str(out),
            "--opts", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0"]

@@ -100,8 +100,7 @@ def test_two_processes_on_cpu(shapes_root, tmp_path):
 
 
 def _setup_args(opts):
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    import train_net
+    from rsloss_d2 import engine as train_net
 
     args = argparse.Namespace(config_file=QUICK_CONFIG, opts=opts, eval_only=False, resume=False,
                               num_gpus=1)

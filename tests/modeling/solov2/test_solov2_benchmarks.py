@@ -4,7 +4,7 @@ import re
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-sys.path.insert(0, os.path.join(REPO, "tools"))
+sys.path.insert(0, os.path.join(REPO, "tools", "benchmarks"))
 
 import benchmark_inference  # noqa: E402
 import benchmark_matrix_nms  # noqa: E402

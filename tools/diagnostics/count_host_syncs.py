@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Count the host synchronisations of a training step on CUDA, per source line.
 
-    python tools/count_host_syncs.py \
+    python tools/diagnostics/count_host_syncs.py \
         --config-files configs/shapes/rs_mask_rcnn_R_18_FPN_quick.yaml configs/shapes/rs_atss_R_18_FPN_quick.yaml \
         [--warmup 3] [--iters 5] [--opts KEY VALUE ...]
 
@@ -30,9 +30,8 @@ import traceback
 import warnings
 from typing import Dict, List, Optional, Tuple
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import torch  # noqa: E402
+import torch
 
 SYNC_MESSAGE = "called a synchronizing CUDA operation"  # torch's text for sync debug mode "warn"
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Per-iteration training statistics of the first iterations of one or more configs.
 
-    python tools/probe_training.py --configs configs/shapes/faster_rcnn_R_18_FPN_quick.yaml \
+    python tools/diagnostics/probe_training.py --configs configs/shapes/faster_rcnn_R_18_FPN_quick.yaml \
         configs/shapes/rs_faster_rcnn_R_18_FPN_quick.yaml --iters 300 --seed 7 \
         --out output/probe [--keys fast_rcnn/lambda_bbox ...] [--opts KEY VALUE ...]
 
@@ -21,14 +21,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
-from detectron2.engine import HookBase, SimpleTrainer  # noqa: E402
+import torch
+from detectron2.engine import HookBase, SimpleTrainer
 
-import train_net  # noqa: E402
+from rsloss_d2 import engine
 
 DEFAULT_KEYS = [
     "total_loss",
@@ -84,10 +82,10 @@ class RecordStep(HookBase):
 
 
 def probe(config, iters, seed, opts, out_dir):
-    args = train_net.argument_parser().parse_args(
+    args = engine.argument_parser().parse_args(
         ["--config-file", config, "SEED", str(seed), "OUTPUT_DIR", out_dir] + opts)
-    cfg = train_net.setup(args)
-    trainer = train_net.Trainer(cfg)
+    cfg = engine.setup(args)
+    trainer = engine.Trainer(cfg)
     rows = []
     trainer._hooks = []  # no checkpointer, evaluation or writers: only the recorder
     trainer.register_hooks([RecordStep(rows)])

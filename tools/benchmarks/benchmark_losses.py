@@ -34,7 +34,7 @@ The machine may be shared: times are noisy, the ratios measured side by side les
 
 Usage::
 
-    python tools/benchmark_losses.py [--losses rs,alrp,ap] [--repeats 5] [--skip-loop-above 1000]
+    python tools/benchmarks/benchmark_losses.py [--losses rs,alrp,ap] [--repeats 5] [--skip-loop-above 1000]
                                      [--devices cpu,cuda] [--threads N] [--sizes 100x1e4,...]
 """
 from __future__ import annotations

@@ -26,7 +26,7 @@ Times: median of ``--repeats`` runs after a warm-up (the loops: one run), millis
 
 Usage::
 
-    python tools/benchmark_paa.py [--images 16] [--objects 50] [--repeats 5] [--threads 1]
+    python tools/benchmarks/benchmark_paa.py [--images 16] [--objects 50] [--repeats 5] [--threads 1]
                                   [--size 800x1333] [--skip-atss] [--skip-voting] [--device cpu]
 """
 from __future__ import annotations

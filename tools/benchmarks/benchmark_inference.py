@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Inference speed (images/s) of two models on the same images (e.g. SOLOv2 vs Mask R-CNN).
 
-    python tools/benchmark_inference.py \
+    python tools/benchmarks/benchmark_inference.py \
         --config-a configs/shapes/mask_rcnn_R_18_FPN_quick.yaml \
         --config-b configs/shapes/solov2_R_18_FPN_quick.yaml \
         --weights-a output/shapes_mask_rcnn_R_18_FPN_quick/model_final.pth \
@@ -31,20 +31,18 @@ import copy
 import os
 import platform
 import statistics
-import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.data import DatasetCatalog, DatasetMapper  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.modeling import build_model
 
-from rsloss_d2 import add_rsloss_config  # noqa: E402
-from rsloss_d2.data import check_dataset_files  # noqa: E402
+from rsloss_d2 import add_rsloss_config
+from rsloss_d2.data import check_dataset_files
 
 
 def setup(config_file, opts, device):

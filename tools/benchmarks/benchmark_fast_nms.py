@@ -3,7 +3,7 @@
 per-class loop doing the same Fast NMS class by class, and against torchvision's batched
 (traditional, sequential) NMS for reference, on a COCO-size YOLACT test case.
 
-    python tools/benchmark_fast_nms.py --boxes 3290 --classes 80 --top-k 200 --iters 30
+    python tools/benchmarks/benchmark_fast_nms.py --boxes 3290 --classes 80 --top-k 200 --iters 30
 
 Default case: the candidates of one 550x550 YOLACT image after the per-level top-1000
 (1000 + 1000 + 972 + 243 + 75 = 3290 boxes) x 80 classes, random clustered boxes; scores
@@ -17,12 +17,11 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import torch  # noqa: E402
-from torchvision.ops import batched_nms  # noqa: E402
+import torch
+from torchvision.ops import batched_nms
 
-from rsloss_d2.layers.fast_nms import fast_nms, pairwise_iou_batched  # noqa: E402
+from rsloss_d2.layers.fast_nms import fast_nms, pairwise_iou_batched
 
 
 def per_class_loop_fast_nms(boxes, scores, score_thr, iou_thr, top_k, max_num=-1):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training step time of two models on the same batches (e.g. standard vs RS Mask R-CNN).
 
-    python tools/benchmark_train.py \
+    python tools/benchmarks/benchmark_train.py \
         --config-a configs/shapes/mask_rcnn_R_18_FPN_quick.yaml \
         --config-b configs/shapes/rs_mask_rcnn_R_18_FPN_quick.yaml --warmup 10 --iters 40
 
@@ -21,21 +21,19 @@ import itertools
 import os
 import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.data import build_detection_train_loader  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.solver import build_lr_scheduler, build_optimizer  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import build_detection_train_loader
+from detectron2.modeling import build_model
+from detectron2.solver import build_lr_scheduler, build_optimizer
+from detectron2.utils.events import EventStorage
 
-from rsloss_d2 import add_rsloss_config  # noqa: E402
-from rsloss_d2.data import check_dataset_files  # noqa: E402
+from rsloss_d2 import add_rsloss_config
+from rsloss_d2.data import check_dataset_files
 
 
 def setup(config_file, opts, device):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How much an R-CNN box head's regression improves its positive proposals (trained weights).
 
-    python tools/measure_box_regression.py --config-file configs/shapes/faster_rcnn_R_18_FPN_quick.yaml \
+    python tools/diagnostics/measure_box_regression.py --config-file configs/shapes/faster_rcnn_R_18_FPN_quick.yaml \
         --weights output/.../model_final.pth [--batches 15] [KEY VALUE ...]
 
 On `--batches` training batches (the config's training loader, augmentation included, fixed
@@ -25,18 +25,16 @@ value-based λ follows the falling classification loss.
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.data import build_detection_train_loader  # noqa: E402
-from detectron2.utils.env import seed_all_rng  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import build_detection_train_loader
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import EventStorage
 
-import train_net  # noqa: E402
-from rsloss_d2.modeling.box_losses import aligned_iou, foreground_indices  # noqa: E402
+from rsloss_d2 import engine
+from rsloss_d2.modeling.box_losses import aligned_iou, foreground_indices
 
 
 def labelled_rois(model, batch):
@@ -176,12 +174,12 @@ def main(argv=None):
     parser.add_argument("--fit", type=int, default=0, help="fixed-batch fit steps (RS heads)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
     a = parser.parse_args(argv)
-    args = train_net.argument_parser().parse_args(
+    args = engine.argument_parser().parse_args(
         ["--config-file", a.config_file, "SEED", str(a.seed), "DATALOADER.NUM_WORKERS", "0"]
         + a.opts)
-    cfg = train_net.build_cfg(args)
+    cfg = engine.build_cfg(args)
     seed_all_rng(a.seed)  # same batches (sampler order, augmentation) on every call
-    model = train_net.Trainer.build_model(cfg)
+    model = engine.Trainer.build_model(cfg)
     DetectionCheckpointer(model).load(a.weights)
     loader = iter(build_detection_train_loader(cfg))
     if a.fit:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Matrix NMS time: ``rsloss_d2.layers.matrix_nms`` vs a per-pair Python loop reference.
 
-    python tools/benchmark_matrix_nms.py --num-masks 500 --size 200
+    python tools/benchmarks/benchmark_matrix_nms.py --num-masks 500 --size 200
 
 Random overlapping rectangle masks (N of size×size, 5 classes, scores sorted descending). The
 batched function (one N×N intersection matmul, SOLOv2 paper Fig. 4) is timed over ``--repeat``
@@ -15,14 +15,12 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import torch  # noqa: E402
+import torch
 
-from rsloss_d2.layers import matrix_nms  # noqa: E402
+from rsloss_d2.layers import matrix_nms
 
 
 def random_masks(n, size, num_classes, seed, device):

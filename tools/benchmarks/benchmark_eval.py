@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Time rsloss_d2's vectorised oLRP against pycocotools' COCOeval on the same synthetic set.
 
-    python tools/benchmark_eval.py                      # 5,000 images, 80 classes, 100 dets/image
-    python tools/benchmark_eval.py --images 500 --classes 20
+    python tools/benchmarks/benchmark_eval.py                      # 5,000 images, 80 classes, 100 dets/image
+    python tools/benchmarks/benchmark_eval.py --images 500 --classes 20
 
 Both run in this one process, side by side, on identical data (seeded, see
 `rsloss_d2.evaluation.synthetic`): pycocotools' `COCOeval(gt, dt, "bbox").evaluate()` +
@@ -25,8 +25,8 @@ from pycocotools.cocoeval import COCOeval
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit notices at import
 
-from rsloss_d2.evaluation.olrp import compute_olrp  # noqa: E402
-from rsloss_d2.evaluation.synthetic import make_synthetic_coco  # noqa: E402
+from rsloss_d2.evaluation.olrp import compute_olrp
+from rsloss_d2.evaluation.synthetic import make_synthetic_coco
 
 
 def olrp_from_cocoeval(ev, tau=0.5, max_det=100):

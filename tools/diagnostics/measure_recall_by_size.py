@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How well an R-CNN's RPN proposals and final detections cover the test set's objects, by size.
 
-    python tools/measure_recall_by_size.py --config-file configs/shapes/rs_faster_rcnn_R_18_FPN_quick.yaml \
+    python tools/diagnostics/measure_recall_by_size.py --config-file configs/shapes/rs_faster_rcnn_R_18_FPN_quick.yaml \
         --weights output/.../model_final.pth [KEY VALUE ...]
 
 On the config's first test set (test-time resize, no augmentation) every ground-truth box
@@ -16,16 +16,14 @@ objects.
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.data import DatasetCatalog, build_detection_test_loader  # noqa: E402
-from detectron2.structures import Boxes, BoxMode, pairwise_iou  # noqa: E402
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog, build_detection_test_loader
+from detectron2.structures import Boxes, BoxMode, pairwise_iou
 
-import train_net  # noqa: E402
+from rsloss_d2 import engine
 
 SIZE_RANGES = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2),
                ("large", 96.0 ** 2, float("inf")))
@@ -111,10 +109,10 @@ def main(argv=None):
     parser.add_argument("--weights", required=True)
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
     a = parser.parse_args(argv)
-    args = train_net.argument_parser().parse_args(
+    args = engine.argument_parser().parse_args(
         ["--config-file", a.config_file, "DATALOADER.NUM_WORKERS", "0"] + a.opts)
-    cfg = train_net.build_cfg(args)
-    model = train_net.Trainer.build_model(cfg)
+    cfg = engine.build_cfg(args)
+    model = engine.Trainer.build_model(cfg)
     DetectionCheckpointer(model).load(a.weights)
     summary = summarize(*collect(model, cfg))
     print(format_table(os.path.basename(a.config_file), summary))

@@ -1,0 +1,178 @@
+"""Command line, config building and the checks made before any process starts: what
+`tools/train_net.py` (and the diagnostics that build a model from a config) run.
+
+Everything that can be checked before training is checked in the launching process and ends with
+one `train_net.py: error: ...` line: unknown config keys, missing files, malformed annotation
+files, NUM_CLASSES differing from the training set's number of categories
+(`rsloss_d2/data/config_checks.py`). RLE masks switch INPUT.MASK_FORMAT to bitmask.
+"""
+import logging
+import os
+import shlex
+import sys
+
+import torch
+import detectron2.utils.comm as comm
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils.logger import setup_logger
+
+from ..config import add_rsloss_config
+from ..data import DatasetFileError, check_dataset_files
+from ..data.config_checks import ConfigDataError, check_config_against_data
+from ..data.user_datasets import DatasetFormatError, register_from_args
+from .process_group import leave_process_group
+from .trainer import Trainer
+
+__all__ = [
+    "SETUP_ERRORS", "argument_parser", "build_cfg", "check_before_launch", "eval_only_command",
+    "images_per_process_warning", "main", "register_datasets", "run", "setup",
+]
+
+# errors found before any process starts: printed as one `train_net.py: error:` line
+SETUP_ERRORS = (KeyError, DatasetFileError, DatasetFormatError, ConfigDataError)
+
+
+def argument_parser():
+    """Detectron2's parser plus `--dataset NAME JSON IMAGE_DIR` (before the KEY VALUE opts)."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_DIR"),
+        help="register a COCO- or LVIS-format dataset under NAME (repeatable); use it with "
+             "DATASETS.TRAIN / DATASETS.TEST")
+    return parser
+
+
+def eval_only_command(args, weights):
+    """The command line that evaluates `weights` with the same config, datasets and options."""
+    cmd = ["python", "tools/train_net.py", "--config-file", args.config_file]
+    for triple in getattr(args, "dataset", None) or []:
+        cmd += ["--dataset", *triple]
+    if args.num_gpus != 1:
+        cmd += ["--num-gpus", str(args.num_gpus)]
+    cmd += ["--eval-only", *args.opts, "MODEL.WEIGHTS", weights]
+    return " ".join(shlex.quote(str(c)) for c in cmd)
+
+
+def build_cfg(args):
+    """The merged, frozen config; raises KeyError for an unknown key and DatasetFileError for a
+    missing dataset file."""
+    cfg = get_cfg()
+    add_rsloss_config(cfg)  # before merging, so rsloss_d2 keys are known and typos are errors
+    try:
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+    except (KeyError, AssertionError) as e:  # yacs: KeyError from files, AssertionError from opts
+        msg = str(e.args[0]) if e.args else str(e)
+        if "Non-existent" not in msg:
+            raise
+        raise KeyError(f"{msg} (unknown config key; rsloss_d2's keys are declared in "
+                       f"rsloss_d2/config.py, Detectron2's in detectron2/config/defaults.py)") from e
+    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
+        logging.getLogger("rsloss_d2").warning("CUDA is not available: using MODEL.DEVICE=cpu")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    check_dataset_files(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    return cfg
+
+
+def register_datasets(args):
+    """Register the `--dataset` triples (checked up front by `check_before_launch`, whose
+    summaries travel with `args` so that the json is not read again); {name: summary}."""
+    return register_from_args(getattr(args, "dataset", None),
+                              getattr(args, "dataset_summaries", None))
+
+
+def images_per_process_warning(cfg, world_size):
+    """One line if the run's images per process (after Detectron2's auto-scaling by
+    SOLVER.REFERENCE_WORLD_SIZE) differ from the config's SOLVER.REFERENCE_IMS_PER_PROCESS."""
+    reference = cfg.SOLVER.REFERENCE_IMS_PER_PROCESS
+    if not reference:
+        return None
+    scaled = DefaultTrainer.auto_scale_workers(cfg, world_size).SOLVER.IMS_PER_BATCH
+    per_process = scaled / world_size
+    if per_process == reference:
+        return None
+    return (f"{per_process:g} images per process (SOLVER.IMS_PER_BATCH {scaled} over {world_size} "
+            f"processes), but this config was made for {reference}: ranking losses rank within "
+            f"each process's images. Keep {reference} per process (SOLVER.REFERENCE_WORLD_SIZE "
+            f"scales IMS_PER_BATCH, BASE_LR and the schedule for you), or scale BASE_LR linearly "
+            f"with the total batch (README, 'Several GPUs').")
+
+
+def check_before_launch(args):
+    """Everything that can fail before training, in the launching process: registers and checks
+    the `--dataset` files, builds the config, checks it against the data. Stores the results on
+    `args` (the datasets' summaries; config changes such as the mask format as extra opts)."""
+    summaries = register_datasets(args)
+    cfg = build_cfg(args)
+    extra_opts, messages = check_config_against_data(cfg, summaries, eval_only=args.eval_only)
+    for message in messages:
+        print(f"train_net.py: {message}", flush=True)
+    warning = images_per_process_warning(cfg, args.num_gpus * args.num_machines)
+    if warning:
+        print(f"train_net.py: warning: {warning}", flush=True)
+    args.dataset_summaries = summaries
+    args.opts = list(args.opts) + extra_opts
+    return cfg
+
+
+def setup(args):
+    """Registers the datasets, builds the config, and sets up the output directory and logging
+    of this process (Detectron2's `default_setup`)."""
+    register_datasets(args)
+    cfg = build_cfg(args)
+    default_setup(cfg, args)
+    # default_setup configures the "detectron2" and "fvcore" loggers only; rsloss_d2's modules
+    # log under "rsloss_d2.*" (self-balance period, tail classes, ...): same console and log.txt
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="rsloss_d2")
+    return cfg
+
+
+def train_or_evaluate(args):
+    """One process's work: evaluate MODEL.WEIGHTS (`--eval-only`) or train (then evaluate)."""
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.eval_only_command = eval_only_command(
+        args, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def main(args):
+    """The function `launch` runs in every process."""
+    results = train_or_evaluate(args)
+    # Detectron2's `launch` leaves the process group alive; torn down at exit after rank 0 has
+    # gone, it can abort a process whose work is done (see `leave_process_group`)
+    leave_process_group()
+    return results
+
+
+def run(argv=None):
+    """Parse the command line, check everything before any process starts (one
+    `train_net.py: error:` line and exit code 1 on failure), then `launch` the processes."""
+    args = argument_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    try:
+        check_before_launch(args)
+    except SETUP_ERRORS as e:
+        sys.exit(f"train_net.py: error: {e.args[0] if e.args else e}")
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
