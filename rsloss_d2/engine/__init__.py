@@ -10,6 +10,7 @@ from .launch import (  # noqa: F401
     check_before_launch,
     eval_only_command,
     images_per_process_warning,
+    load_config,
     main,
     register_datasets,
     run,

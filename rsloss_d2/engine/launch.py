@@ -28,7 +28,7 @@ from .trainer import Trainer
 
 __all__ = [
     "SETUP_ERRORS", "argument_parser", "build_cfg", "check_before_launch", "eval_only_command",
-    "images_per_process_warning", "main", "register_datasets", "run", "setup",
+    "images_per_process_warning", "load_config", "main", "register_datasets", "run", "setup",
 ]
 
 # errors found before any process starts: printed as one `train_net.py: error:` line
@@ -56,14 +56,15 @@ def eval_only_command(args, weights):
     return " ".join(shlex.quote(str(c)) for c in cmd)
 
 
-def build_cfg(args):
-    """The merged, frozen config; raises KeyError for an unknown key and DatasetFileError for a
-    missing dataset file."""
+def load_config(config_file, opts=()):
+    """Detectron2's config with rsloss_d2's keys, merged with `config_file` and the KEY VALUE
+    list `opts`, not frozen; raises KeyError naming an unknown key. MODEL.DEVICE falls back to
+    cpu without CUDA."""
     cfg = get_cfg()
     add_rsloss_config(cfg)  # before merging, so rsloss_d2 keys are known and typos are errors
     try:
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
     except (KeyError, AssertionError) as e:  # yacs: KeyError from files, AssertionError from opts
         msg = str(e.args[0]) if e.args else str(e)
         if "Non-existent" not in msg:
@@ -73,6 +74,13 @@ def build_cfg(args):
     if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
         logging.getLogger("rsloss_d2").warning("CUDA is not available: using MODEL.DEVICE=cpu")
         cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def build_cfg(args):
+    """The merged, frozen config of the command line `args`; raises KeyError for an unknown key
+    and DatasetFileError for a missing dataset file."""
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     check_dataset_files(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     return cfg

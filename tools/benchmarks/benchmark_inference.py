@@ -37,19 +37,15 @@ import time
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import build_model
 
-from rsloss_d2 import add_rsloss_config
+from rsloss_d2.engine import load_config
 from rsloss_d2.data import check_dataset_files
 
 
 def setup(config_file, opts, device):
-    cfg = get_cfg()
-    add_rsloss_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
+    cfg = load_config(config_file, opts)
     cfg.MODEL.DEVICE = device
     cfg.freeze()
     return cfg

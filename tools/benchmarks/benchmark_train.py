@@ -26,21 +26,17 @@ import time
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import build_detection_train_loader
 from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler, build_optimizer
 from detectron2.utils.events import EventStorage
 
-from rsloss_d2 import add_rsloss_config
+from rsloss_d2.engine import load_config
 from rsloss_d2.data import check_dataset_files
 
 
 def setup(config_file, opts, device):
-    cfg = get_cfg()
-    add_rsloss_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
+    cfg = load_config(config_file, opts)
     cfg.MODEL.DEVICE = device
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.freeze()

@@ -154,19 +154,15 @@ class SyncCounter:
 
 def run_config(config_file: str, opts: List[str], warmup: int, iters: int,
                num_batches: int, seed: int) -> SyncCounter:
-    from detectron2.config import get_cfg
     from detectron2.data import build_detection_train_loader
     from detectron2.modeling import build_model
     from detectron2.solver import build_optimizer
     from detectron2.utils.events import EventStorage
 
-    from rsloss_d2 import add_rsloss_config
+    from rsloss_d2.engine import load_config
     from rsloss_d2.data.transforms import build_train_mapper  # the mapper of tools/train_net.py
 
-    cfg = get_cfg()
-    add_rsloss_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
+    cfg = load_config(config_file, opts)
     cfg.MODEL.DEVICE = "cuda"
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.freeze()
