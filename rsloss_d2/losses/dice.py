@@ -1,7 +1,7 @@
 """Dice loss of SOLO / SOLOv2 (Milletari et al. 2016; SOLO paper Eq. 2–3), per instance.
 
-Spec: ``shared/spec/solo.md`` §5 (official ``solov2_head.py`` ``dice_loss``) and
-``shared/spec/ranking_losses.md`` §2.6. Pure PyTorch.
+The official code is ``dice_loss`` in ``mmdet/models/anchor_heads/solov2_head.py`` of the SOLO
+repository (also used by RS-SOLOv2 in the official RankSortLoss repository). Pure PyTorch.
 """
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""DropLoss and EQL as the GOL repository defines them (``shared/spec/gol_lvis.md`` §3–§4).
+"""DropLoss (Hsieh et al., "DropLoss for Long-Tail Instance Segmentation", AAAI 2021) and EQL v1
+(Tan et al., "Equalization Loss for Long-Tailed Object Recognition", CVPR 2020) as the official
+GOL repository defines them (``droploss.py`` and ``eql.py`` there).
 
 For n RoIs with labels g_i ∈ {0..C−1} (foreground) or C (background), C classifier columns (no
 background logit), tail mask ``T(c) = 1[f(c) < λ]`` (:func:`tail_class_mask`):
@@ -26,7 +28,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .gumbel import binary_cross_entropy_elementwise
+from .gumbel import binary_cross_entropy_elementwise, compute_dtype
 
 __all__ = ["tail_class_mask", "drop_loss_weights", "drop_loss", "eql_loss"]
 
@@ -87,7 +89,8 @@ def _dropped_bce(logits, labels, tail_mask, activation, random_drop, generator, 
     if tail_mask.numel() != logits.shape[1]:
         raise ValueError(f"tail_mask has {tail_mask.numel()} classes, logits {logits.shape[1]}")
     if logits.shape[0] == 0:
-        return logits.float().sum() * 0, logits.new_full((), float("nan"), dtype=torch.float32)
+        dtype = compute_dtype(logits)
+        return logits.to(dtype).sum() * 0, logits.new_full((), float("nan"), dtype=torch.float32)
     targets, keep, ratio = drop_loss_weights(labels, tail_mask, random_drop, generator)
     bce = binary_cross_entropy_elementwise(logits, targets, activation)
     return loss_weight * (bce * keep).sum() / logits.shape[0], ratio
@@ -102,10 +105,11 @@ def drop_loss(
     loss_weight: float = 1.0,
     return_ratio: bool = False,
 ):
-    """DropLoss of the GOL repository (``droploss.py``; spec §3), Gumbel or sigmoid.
+    """DropLoss of the GOL repository (``droploss.py``), Gumbel or sigmoid.
 
     Args:
-        logits: (n, C) logits (no background column), any float dtype (computed in fp32).
+        logits: (n, C) logits (no background column), any float dtype (computed in fp32, fp64
+            inputs in fp64).
         labels: (n,) int64 in ``0..C`` (C = background; drop ignored rows beforehand).
         tail_mask: (C,) tail mask (:func:`tail_class_mask`).
         activation: "gumbel" (logits clamped to [−4, 10]) or "sigmoid".
@@ -114,7 +118,7 @@ def drop_loss(
         return_ratio: also return the tail ratio (0-dim, NaN without foreground).
 
     Returns:
-        0-dim fp32 ``Σ BCE · d / n`` (``(loss, ratio)`` with ``return_ratio``); n = 0 gives a
+        0-dim ``Σ BCE · d / n`` (fp32; fp64 for fp64 logits) (``(loss, ratio)`` with ``return_ratio``); n = 0 gives a
         zero attached to ``logits``.
     """
     loss, ratio = _dropped_bce(logits, labels, tail_mask, activation, True, generator,
@@ -129,6 +133,6 @@ def eql_loss(
     activation: str = "gumbel",
     loss_weight: float = 1.0,
 ) -> torch.Tensor:
-    """EQL (v1) of the GOL repository (``eql.py``; spec §4): tail negatives removed on
+    """EQL (v1) of the GOL repository (``eql.py``): tail negatives removed on
     foreground rows only, no random draw; same arguments and return as :func:`drop_loss`."""
     return _dropped_bce(logits, labels, tail_mask, activation, False, None, loss_weight)[0]

@@ -1,5 +1,5 @@
-"""Gumbel activation and Gumbel cross-entropy (spec gol_lvis.md §1–§2): hand-computed values and
-gradients (both clamped regions, the official 1e-12 BCE-backward region), comparison with the
+"""Gumbel activation and Gumbel cross-entropy (GOL paper Eq. 5, 7; official gumbel_ce.py):
+hand-computed values and gradients (both clamped regions, the official 1e-12 BCE-backward region), comparison with the
 official probability-space formula, autocast and extreme logits."""
 import math
 
@@ -30,7 +30,7 @@ def test_activation_values_and_no_clamp():
     torch.testing.assert_close(x.grad, torch.exp(-x.detach()) * gumbel_activation(x.detach()))
 
 
-# (logit, target, loss, gradient) computed by hand from the formulas of spec §1-§2
+# (logit, target, loss, gradient) computed by hand from p = exp(-exp(-x)) and the BCE
 HAND_CASES = [
     (0.0, 1.0, 1.0, -1.0),                                      # -log p = e^0, d/dx = -e^{-x}
     (0.0, 0.0, -math.log(1 - math.exp(-1)), math.exp(-1) / (1 - math.exp(-1))),

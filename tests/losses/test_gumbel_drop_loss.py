@@ -1,4 +1,4 @@
-"""DropLoss / EQL of the GOL repository (spec gol_lvis.md §3–§4): which entries are kept or
+"""DropLoss / EQL of the GOL repository (official droploss.py / eql.py): which entries are kept or
 dropped on hand-made batches (fixed generator), values and gradients vs a plain reference, the
 no-foreground batch, a class absent from training, extreme logits and autocast."""
 import math
@@ -14,7 +14,7 @@ BG = 4
 
 
 def reference_keep(labels, tail, u, random_drop):
-    """The rule of spec §3 / §4 with Python loops (u: the (n, C) uniform draws)."""
+    """The rule of droploss.py / eql.py with Python loops (u: the (n, C) uniform draws)."""
     labels = [int(v) for v in labels]
     num_classes = len(tail)
     fg_rows = [g for g in labels if g != num_classes]
