@@ -1,6 +1,6 @@
 """Gumbel activation and Gumbel cross-entropy (GOL paper Eq. 5, 7; official gumbel_ce.py):
-hand-computed values and gradients (both clamped regions, the official 1e-12 BCE-backward region), comparison with the
-official probability-space formula, autocast and extreme logits."""
+hand-computed values and gradients (both clamped regions, the official 1e-12 BCE-backward
+region), comparison with the official probability-space formula, autocast and extreme logits."""
 import math
 
 import pytest
