@@ -13,7 +13,7 @@ regression (the GT-class row of a class-specific regressor). Prints one line: th
 positives, mean IoU before / after, the share the regression improved, and the share with
 IoU >= 0.75 before / after; then a second line on the box head's output features of the same
 positives: mean L2 norm, share of active (> 0) entries and share of units never active (dead
-ReLUs, through which the regression gets no gradient). Used for issue 15 (configs/shapes/README.md).
+ReLUs, through which the regression gets no gradient). Used in docs/experiments/rs_faster_gap.md.
 
 `--fit STEPS` (RS box predictors only) instead trains, on one fixed batch with the backbone and
 RPN frozen, the box head + predictor from the given weights for STEPS SGD steps (lr 0.02,

@@ -10,9 +10,8 @@ On the config's first test set (test-time resize, no augmentation) every ground-
 (any class, after the score threshold and NMS). Per COCO size range of the box area in original
 image pixels (small < 32², medium < 96², large) it prints the number of objects, the mean best
 proposal IoU and the share of objects with a proposal at IoU ≥ 0.5 / ≥ 0.7, then the mean best
-detection IoU and the share with a detection at IoU ≥ 0.75. Used for issue 15
-(configs/shapes/README.md): RS-Faster R-CNN's gap to Faster R-CNN is in its proposals for small
-objects.
+detection IoU and the share with a detection at IoU ≥ 0.75. docs/experiments/rs_faster_gap.md
+uses it: RS-Faster R-CNN's gap to Faster R-CNN is in its proposals for small objects.
 """
 import argparse
 import os
