@@ -20,6 +20,13 @@ def add_rsloss_config(cfg):
     _C.TEST.OLRP.TAU = 0.5
     # Print the per-class LRP-optimal thresholds and save them to lrp_optimal_thresholds.json.
     _C.TEST.OLRP.SAVE_THRESHOLDS = True
+    _C.TEST.RANKING_QUALITY = CN()
+    # Add ranking quality beside AP: Spearman's correlation of score and IoU over the true
+    # positives at IoU 0.5, pooled and per class, and the IoU of each class's top-10 TPs.
+    _C.TEST.RANKING_QUALITY.ENABLED = True
+    # AP of the COCO / LVIS evaluators: "vectorised" (rsloss_d2's, equal to pycocotools /
+    # lvis-api and computed in the same pass as oLRP) or "official" (COCOeval / LVISEval).
+    _C.TEST.AP_IMPL = "vectorised"
     # Name of a reference model whose results (TEST.BASELINE_RESULTS) are printed beside this
     # run's after the final evaluation, e.g. the standard model of a ranking-loss config.
     _C.TEST.BASELINE_NAME = ""

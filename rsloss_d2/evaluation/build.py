@@ -1,5 +1,6 @@
 """Evaluator selection for `tools/train_net.py`: COCO or LVIS from the dataset's metadata, with
-Optimal LRP beside AP when `cfg.TEST.OLRP.ENABLED` (Detectron2's plain evaluators otherwise)."""
+AP, Optimal LRP and ranking quality as the config's `TEST.OLRP`, `TEST.RANKING_QUALITY` and
+`TEST.AP_IMPL` say (Detectron2's plain evaluators for a config without rsloss_d2's keys)."""
 import os
 
 from detectron2.data import MetadataCatalog
@@ -15,8 +16,9 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     """Evaluator for `dataset_name` from `MetadataCatalog.get(dataset_name).evaluator_type`.
 
     Args:
-        cfg: a config with the rsloss_d2 keys (`cfg.TEST.OLRP.ENABLED / TAU / SAVE_THRESHOLDS`;
-            a config without them gets the plain evaluators).
+        cfg: a config with the rsloss_d2 keys (`cfg.TEST.OLRP.ENABLED / TAU / SAVE_THRESHOLDS`,
+            `cfg.TEST.RANKING_QUALITY.ENABLED`, `cfg.TEST.AP_IMPL`; a config without them gets
+            Detectron2's plain evaluators).
         dataset_name: a registered dataset whose `evaluator_type` is "coco" or "lvis".
         output_folder: where results (and `lrp_optimal_thresholds.json`) go; default
             `cfg.OUTPUT_DIR/inference/<dataset_name>`.
@@ -25,16 +27,21 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
     olrp = cfg.TEST.get("OLRP")
-    kwargs = {}
-    if olrp is not None and olrp.ENABLED:
-        kwargs = {"tau": olrp.TAU, "save_thresholds": olrp.SAVE_THRESHOLDS}
+    kwargs = None
+    if olrp is not None:
+        rq = cfg.TEST.get("RANKING_QUALITY")
+        kwargs = {"tau": olrp.TAU, "save_thresholds": olrp.SAVE_THRESHOLDS,
+                  "olrp": olrp.ENABLED, "ranking_quality": rq is not None and rq.ENABLED,
+                  "ap_impl": cfg.TEST.get("AP_IMPL", "vectorised")}
     if evaluator_type == "coco":
-        cls = COCOOLRPEvaluator if kwargs else COCOAPEvaluator
-        return cls(dataset_name, output_dir=output_folder, **kwargs)
+        if kwargs is None:
+            return COCOAPEvaluator(dataset_name, output_dir=output_folder)
+        return COCOOLRPEvaluator(dataset_name, output_dir=output_folder, **kwargs)
     if evaluator_type == "lvis":
         patch_lvis_numpy()  # Detectron2's LVISEvaluator runs lvis 0.5.3, which uses np.float
-        cls = LVISOLRPEvaluator if kwargs else LVISEvaluator
-        return cls(dataset_name, output_dir=output_folder, **kwargs)
+        if kwargs is None:
+            return LVISEvaluator(dataset_name, output_dir=output_folder)
+        return LVISOLRPEvaluator(dataset_name, output_dir=output_folder, **kwargs)
     raise NotImplementedError(
         f"no evaluator for dataset '{dataset_name}' of evaluator_type '{evaluator_type}' "
         "(expected 'coco' or 'lvis')")

@@ -1,22 +1,23 @@
-"""Vectorised core of the Optimal LRP evaluation: COCO-style matching at one IoU threshold and the
-LRP accumulation of the official LRP-Error code (spec `olrp.md` §2, §4).
+"""Vectorised core of the COCO / LVIS evaluation: the greedy COCO matching at several IoU
+thresholds and area ranges at once, and the LRP accumulation of the official LRP-Error code (its
+patched `cocoeval.py`).
 
 Everything here works on flat NumPy arrays; parsing COCO / LVIS json and the federated LVIS
-filtering live in `olrp.py`. Conventions:
+filtering live in `olrp.py`, AP in `ap.py`, ranking quality in `ranking.py`. Conventions:
 
 * images and categories are given as indices (positions in the sorted id lists);
 * detections and ground truths come in their original (json) order, which decides ties;
-* `A` area ranges are processed together: they differ only in which GTs / unmatched detections
-  are ignored, so the IoUs are computed once and the greedy matching runs once for all ranges
-  (an extra leading axis of size `A`).
+* `T` IoU thresholds and `A` area ranges are processed together: they differ only in the
+  threshold and in which GTs / unmatched detections are ignored, so the IoUs are computed once
+  and the greedy matching runs once for all (leading axes of sizes `T` and `A`).
 
-Matching (identical to `COCOeval.evaluateImg` at one threshold): within an (image, category)
-group the detections are visited in descending score (stable) order; each takes, among the GTs
-not yet taken (crowd GTs can be taken repeatedly) with IoU >= tau, the non-ignored GT with the
-highest IoU, and only if there is none the ignored GT with the highest IoU; equal IoUs go to the
-GT that comes last in the group's order. The loop below runs over the detection rank
-(0 .. max_dets - 1) and processes all groups at once, because only detections of the same group
-interact.
+Matching (identical to `COCOeval.evaluateImg` and `LVISEval.evaluate_img`): within an (image,
+category) group the detections are visited in descending score (stable) order; each takes, among
+the GTs not yet taken (crowd GTs can be taken repeatedly) with IoU >= tau, the non-ignored GT with
+the highest IoU, and only if there is none the ignored GT with the highest IoU; equal IoUs go to
+the GT that comes last in the group's order. The loop below runs over the rank of the detections
+that overlap some GT by the lowest threshold (the others never match and take nothing) and
+processes all groups at once, because only detections of the same group interact.
 """
 import numpy as np
 
@@ -58,12 +59,16 @@ def rank_in_groups(group, score, order):
         perm: int64 (N,) the sorting permutation; rank: int64 (N,) rank of item `perm[i]`.
     """
     perm = np.lexsort((order, -score, group))
-    g = group[perm]
+    return perm, _ranks_of_sorted(group[perm])
+
+
+def _ranks_of_sorted(g):
+    """Position of each item within its run of equal keys in the sorted int64 array `g`."""
     n = len(g)
     new = np.ones(n, dtype=bool)
     new[1:] = g[1:] != g[:-1]
     start = np.maximum.accumulate(np.where(new, np.arange(n), 0)) if n else np.zeros(0, np.int64)
-    return perm, np.arange(n) - start
+    return np.arange(n) - start
 
 
 def _buckets(counts):
@@ -71,19 +76,19 @@ def _buckets(counts):
     return 1 << np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64)
 
 
-def match(det_group, det_rank, det_area, gt_group, gt_area, gt_crowd, gt_ignore, tau,
+def match(det_group, det_rank, det_area, gt_group, gt_area, gt_crowd, gt_ignore, taus,
           area_ranges=AREA_RANGES, det_boxes=None, gt_boxes=None, pair_iou=None,
-          det_unmatched_ignore=None, gt_id_nonzero=None):
-    """Greedy COCO matching at IoU threshold `tau` for all groups and area ranges at once.
+          det_unmatched_ignore=None, gt_id_nonzero=None, iou_index=0):
+    """Greedy COCO matching at the IoU thresholds `taus` for all groups and area ranges at once.
 
     Args:
         det_group: int64 (D,) (image, category) group key of each detection.
         det_rank: int64 (D,) rank of the detection in its group (0 = highest score; ties by
-            original order). Ranks in a group must be 0..n-1.
+            original order). Ranks in a group must be distinct.
         det_area: float64 (D,) detection area (decides the area-range ignore of unmatched ones).
         gt_group: int64 (G,) group key of each GT, GTs in their original order.
         gt_area: float64 (G,); gt_crowd, gt_ignore: bool (G,) (`ignore` includes crowd).
-        tau: IoU threshold (COCO uses min(tau, 1 - 1e-10)).
+        taus: float (T,) IoU thresholds (COCO uses min(tau, 1 - 1e-10)); a scalar is one.
         det_boxes, gt_boxes: float64 (D, 4) / (G, 4) xywh boxes for box IoU, or
         pair_iou: callable(det_idx (n,), gt_idx (n_gt,)) -> (n, n_gt) IoU of one group's
             detections and GTs (used for masks), called once per group with both.
@@ -91,21 +96,23 @@ def match(det_group, det_rank, det_area, gt_group, gt_area, gt_crowd, gt_ignore,
             in every area range (LVIS `not_exhaustive_category_ids`).
         gt_id_nonzero: optional bool (G,); COCO stores the matched GT's id and later tests it for
             truth, so a match to a GT with id 0 counts as unmatched (reproduced for exactness).
+        iou_index: the threshold whose match IoUs are returned.
     Returns:
-        matched: bool (A, D) matched and counted as a match (see `gt_id_nonzero`);
-        ignored: bool (A, D) neither TP nor FP; iou: float64 (A, D) IoU of the match (0 if none).
+        matched: bool (T, A, D) matched and counted as a match (see `gt_id_nonzero`);
+        ignored: bool (T, A, D) neither TP nor FP;
+        iou: float64 (A, D) IoU of the match at `taus[iou_index]` (0 where not counted).
     """
-    D, G, A = len(det_group), len(gt_group), len(area_ranges)
-    thr = min(tau, 1 - 1e-10)
-    lo = np.array([a[0] for a in area_ranges])[:, None]
-    hi = np.array([a[1] for a in area_ranges])[:, None]
+    taus = np.atleast_1d(np.asarray(taus, dtype=np.float64))
+    D, G, A, T = len(det_group), len(gt_group), len(area_ranges), len(taus)
+    thr = np.minimum(taus, 1 - 1e-10)[:, None, None, None]  # (T, 1, 1, 1)
+    lo = np.array([a[0] for a in area_ranges], dtype=np.float64)[:, None]
+    hi = np.array([a[1] for a in area_ranges], dtype=np.float64)[:, None]
     gt_ign = gt_ignore[None, :] | (gt_area[None, :] < lo) | (gt_area[None, :] > hi)  # (A, G)
     gt_reusable = gt_crowd.astype(bool)
-    gt_taken = np.zeros((A, G), dtype=bool)
-    matched = np.zeros((A, D), dtype=bool)
-    ign_by_gt = np.zeros((A, D), dtype=bool)
+    gt_taken = np.zeros((T, A, G), dtype=bool)
+    matched = np.zeros((T, A, D), dtype=bool)
+    ign_by_gt = np.zeros((T, A, D), dtype=bool)
     iou_out = np.zeros((A, D))
-    match_gt = np.full((A, D), -1, dtype=np.int64)
 
     if D and G:
         gperm = np.argsort(gt_group, kind="stable")
@@ -124,7 +131,6 @@ def match(det_group, det_rank, det_area, gt_group, gt_area, gt_crowd, gt_ignore,
             if len(dets) == 0:
                 continue
             dslot = gslot[local[pos[dets]]]  # (n, w) GT index per slot, -1 = padding
-            dvalid = dslot >= 0
             gidx = np.maximum(dslot, 0)
             if pair_iou is None:
                 ious = bbox_iou_pairs(det_boxes[dets][:, None, :], gt_boxes[gidx], gt_crowd[gidx])
@@ -137,47 +143,51 @@ def match(det_group, det_rank, det_area, gt_group, gt_area, gt_crowd, gt_ignore,
                     g_of = dslot[rows[0]]
                     g_of = g_of[g_of >= 0]
                     ious[rows, : len(g_of)] = pair_iou(dets[rows], g_of)
-            ious = np.where(dvalid, ious, -1.0)
-            byrank = np.argsort(det_rank[dets], kind="stable")
-            ranks = det_rank[dets][byrank]
-            bounds = np.searchsorted(ranks, np.arange(ranks[-1] + 2))
-            for r in range(ranks[-1] + 1):
+            ious = np.where(dslot >= 0, ious, -1.0)
+            # only detections with some IoU >= the lowest threshold can match or take a GT: the
+            # others are unmatched everywhere and leave the greedy order of the rest unchanged
+            active = ious.max(axis=1) >= thr.min()
+            dets, ious, gidx = dets[active], ious[active], gidx[active]
+            if len(dets) == 0:
+                continue
+            order = np.lexsort((det_rank[dets], det_group[dets]))
+            arank = np.empty(len(dets), dtype=np.int64)
+            arank[order] = _ranks_of_sorted(det_group[dets][order])
+            byrank = np.argsort(arank, kind="stable")
+            bounds = np.searchsorted(arank[byrank], np.arange(arank.max() + 2))
+            for r in range(arank.max() + 1):
                 sel = byrank[bounds[r]:bounds[r + 1]]  # one detection per group
-                if len(sel) == 0:
-                    continue
                 row = ious[sel]  # (m, w)
                 gi = gidx[sel]
                 ign = gt_ign[:, gi]  # (A, m, w)
-                free = ~gt_taken[:, gi] | gt_reusable[gi]
-                cand = free & (dvalid[sel] & (row >= thr))[None]
+                free = ~gt_taken[:, :, gi] | gt_reusable[gi]  # (T, A, m, w)
+                cand = free & (row >= thr)
                 cand_reg = cand & ~ign
                 use = np.where(cand_reg.any(-1, keepdims=True), cand_reg, cand)
-                val = np.where(use, row[None], -np.inf)
+                val = np.where(use, row, -np.inf)
                 j = w - 1 - np.argmax(val[..., ::-1], axis=-1)  # last maximum = COCO's tie rule
-                hit = use.any(-1)  # (A, m)
-                a_idx, m_idx = np.nonzero(hit)
-                jj = j[a_idx, m_idx]
+                t_idx, a_idx, m_idx = np.nonzero(use.any(-1))
+                jj = j[t_idx, a_idx, m_idx]
                 g_hit = gi[m_idx, jj]
                 d_hit = dets[sel[m_idx]]
-                gt_taken[a_idx, g_hit] = True
-                matched[a_idx, d_hit] = True
-                iou_out[a_idx, d_hit] = row[m_idx, jj]
-                ign_by_gt[a_idx, d_hit] = ign[a_idx, m_idx, jj]
-                match_gt[a_idx, d_hit] = g_hit
+                counted = (gt_id_nonzero[g_hit] if gt_id_nonzero is not None
+                           else np.ones(len(g_hit), dtype=bool))
+                gt_taken[t_idx, a_idx, g_hit] = True
+                matched[t_idx, a_idx, d_hit] = counted
+                ign_by_gt[t_idx, a_idx, d_hit] = ign[a_idx, m_idx, jj]
+                at = t_idx == iou_index
+                iou_out[a_idx[at], d_hit[at]] = np.where(counted[at], row[m_idx[at], jj[at]], 0.0)
 
-    counted = matched
-    if gt_id_nonzero is not None and G:
-        counted = matched & gt_id_nonzero[np.maximum(match_gt, 0)]
-    unmatched_ign = (det_area[None, :] < lo) | (det_area[None, :] > hi)
+    unmatched_ign = (det_area[None, :] < lo) | (det_area[None, :] > hi)  # (A, D)
     if det_unmatched_ignore is not None:
         unmatched_ign = unmatched_ign | det_unmatched_ignore[None, :]
-    ignored = (matched & ign_by_gt) | (~counted & unmatched_ign)
-    return counted, ignored, np.where(counted, iou_out, 0.0)
+    ignored = ign_by_gt | (~matched & unmatched_ign[None])
+    return matched, ignored, iou_out
 
 
 def accumulate(det_cat, det_img, det_rank, det_score, matched, ignored, iou, npig, tau,
                curves=False):
-    """LRP-optimal values per category and area range (spec §2, `accumulate()` step 1-7).
+    """LRP-optimal values per category and area range (the official `accumulate()`).
 
     Args:
         det_cat, det_img, det_rank: int64 (D,) category index, image index (position in the

@@ -192,10 +192,18 @@ def test_build_evaluator(tmp_path):
     assert type(build_evaluator(cfg, lvis_name)) is LVISOLRPEvaluator
     ev = build_evaluator(cfg, coco_name, str(tmp_path / "x"))
     assert ev._output_dir == str(tmp_path / "x") and ev._tau == 0.5
+    assert ev._olrp and ev._ranking_quality and ev._ap_impl == "vectorised"
     cfg.TEST.OLRP.ENABLED = False
-    assert type(build_evaluator(cfg, coco_name)) is COCOAPEvaluator
+    cfg.TEST.RANKING_QUALITY.ENABLED = False
+    cfg.TEST.AP_IMPL = "official"
+    ev = build_evaluator(cfg, lvis_name)
+    assert type(ev) is LVISOLRPEvaluator
+    assert not ev._olrp and not ev._ranking_quality and ev._ap_impl == "official"
+    plain = get_cfg()  # without rsloss_d2's keys: Detectron2's evaluators
+    plain.OUTPUT_DIR = str(tmp_path)
+    assert type(build_evaluator(plain, coco_name)) is COCOAPEvaluator
     assert issubclass(COCOAPEvaluator, COCOEvaluator)
-    assert type(build_evaluator(cfg, lvis_name)) is LVISEvaluator
+    assert type(build_evaluator(plain, lvis_name)) is LVISEvaluator
     other = f"olrp_test_other_{uuid.uuid4().hex[:8]}"
     MetadataCatalog.get(other).set(evaluator_type="sem_seg")
     with pytest.raises(NotImplementedError, match="sem_seg"):
