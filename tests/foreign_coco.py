@@ -8,11 +8,15 @@
   uncompressed RLE (``counts`` a list) for the crowd regions;
 * images without any object (kept);
 * no ``"info"`` and no ``"licenses"`` key.
+
+:func:`make_tiny_coco` writes a much smaller set (a few tiny images, two categories, each kind of
+mask once) for tests that break one thing in it.
 """
 import json
 import os
 
 import cv2
+import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image
 
@@ -77,6 +81,63 @@ def make_foreign_coco(root, num_train=80, num_val=16, image_size=256, seed=0):
     val = _convert_split(paths["shapes_val"], os.path.join(src, "shapes", "val"), root, "val",
                          50000)
     return {"train": train, "val": val, "images": os.path.join(root, "images")}
+
+
+TINY_CATEGORIES = [{"id": 9, "name": "dog"}, {"id": 3, "name": "cat"}]  # not sorted by id
+
+
+def _tiny_image(seed, width, height):
+    g = np.random.default_rng(seed)
+    return (g.random((height, width, 3)) * 255).astype(np.uint8)
+
+
+def make_tiny_coco(root, num_images=4, width=40, height=30):
+    """A tiny COCO-format set under `root`: `num_images` random-pixel images (JPEG, then PNG,
+    alternating; the last one has no object) of `width` x `height`, each object-bearing image
+    with one polygon "cat", one compressed-RLE "dog" and one uncompressed-RLE crowd "cat".
+
+    Returns {"json": path, "images": dir, "data": the json dict}; :func:`write_json` writes a
+    changed copy.
+    """
+    img_dir = os.path.join(root, "images")
+    os.makedirs(img_dir, exist_ok=True)
+    images, anns = [], []
+    mask = np.zeros((height, width), np.uint8, order="F")
+    mask[5:15, 10:30] = 1
+    rle = mask_utils.encode(mask)
+    crowd = np.zeros((height, width), np.uint8)
+    crowd[20:26, 2:8] = 1
+    flat = crowd.flatten(order="F")  # column-major runs, starting with a run of 0s
+    change = np.flatnonzero(np.diff(flat)) + 1
+    counts = np.diff(np.concatenate(([0], change, [flat.size]))).tolist()
+    for k in range(num_images):
+        name = f"img_{k:03d}" + (".jpg" if k % 2 == 0 else ".png")
+        Image.fromarray(_tiny_image(k, width, height)).save(os.path.join(img_dir, name))
+        image_id = 100 + 10 * k
+        images.append({"id": image_id, "file_name": name, "height": height, "width": width})
+        if k == num_images - 1 and num_images > 1:
+            continue  # an image without objects
+        base = 1000 + 10 * k
+        anns.append({"id": base, "image_id": image_id, "category_id": 3, "iscrowd": 0,
+                     "bbox": [2.0, 3.0, 10.0, 8.0], "area": 60.0,
+                     "segmentation": [[2.0, 3.0, 12.0, 3.0, 12.0, 11.0, 2.0, 11.0]]})
+        anns.append({"id": base + 1, "image_id": image_id, "category_id": 9, "iscrowd": 0,
+                     "bbox": [10.0, 5.0, 20.0, 10.0], "area": 200.0,
+                     "segmentation": {"size": [height, width],
+                                      "counts": rle["counts"].decode("ascii")}})
+        anns.append({"id": base + 2, "image_id": image_id, "category_id": 3, "iscrowd": 1,
+                     "bbox": [2.0, 20.0, 6.0, 6.0], "area": 36.0,
+                     "segmentation": {"size": [height, width], "counts": counts}})
+    data = {"images": images, "annotations": anns, "categories": list(TINY_CATEGORIES)}
+    path = write_json(os.path.join(root, "annotations.json"), data)
+    return {"json": path, "images": img_dir, "data": data}
+
+
+def write_json(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return path
 
 
 if __name__ == "__main__":  # python tests/foreign_coco.py OUT_DIR

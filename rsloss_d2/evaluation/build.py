@@ -61,6 +61,8 @@ def format_baseline_comparison(cfg, results):
     results = (results or {}).get(cfg.TEST.get("BASELINE_DATASET", ""))
     if not spec or not results:
         return None
+    if any(MetadataCatalog.get(n).get("user_dataset", False) for n in cfg.DATASETS.TRAIN):
+        return None  # trained on own (--dataset) data: the baseline's numbers do not apply
     name = cfg.TEST.BASELINE_NAME or "baseline"
     width = max(len(name), 9)
     lines = [f"{'metric':<12} {'this run':>9}  {name:>{width}}"]

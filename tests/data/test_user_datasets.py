@@ -174,8 +174,14 @@ def test_num_classes_must_match_the_training_set(foreign):
     with pytest.raises(ConfigDataError, match=r"MODEL.ROI_HEADS.NUM_CLASSES is 3 but the "
                        r"training set 'own_train' has 8 categories \(thing_3, thing_5"):
         check_config_against_data(cfg, summaries)
-    # a user who means it
+    # a user who means it may train more classes than categories, never fewer (the labels
+    # 0..7 would not fit a head of 3 classes: RS-ATSS / RS-YOLACT crashed inside the loss)
     cfg.DATASETS.CHECK_NUM_CLASSES = False
+    with pytest.raises(ConfigDataError, match=r"NUM_CLASSES is 3 but the training set "
+                       r"'own_train' has 8 categories .*do not fit a head of 3 classes, even "
+                       r"with DATASETS.CHECK_NUM_CLASSES False"):
+        check_config_against_data(cfg, summaries)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 12
     check_config_against_data(cfg, summaries)
     # other meta-architectures check their own key
     cfg = _cfg(**{"DATASETS.TRAIN": ("own_train",), "MODEL.META_ARCHITECTURE": "RetinaNet",
