@@ -39,6 +39,9 @@ def add_rsloss_config(cfg):
     # Stop before training when the head's NUM_CLASSES differs from the number of categories of
     # the training set (test sets with --eval-only); False lets a run that means it proceed.
     _C.DATASETS.CHECK_NUM_CLASSES = True
+    # Allow a test set whose categories are a subset of the training set's (same ids and names):
+    # it is evaluated on its own categories only. False: any difference stops before training.
+    _C.DATASETS.TEST_CATEGORY_SUBSET = False
 
     # ---------------------------------------------------------------- scaling out
     # Images per process the config's numbers (lr, ranking statistics) were made for: ranking
