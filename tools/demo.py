@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run a trained model on images and write PNGs with masks, boxes and scores drawn by
+"""Run a trained model on images and write them with masks, boxes and scores drawn by
 Detectron2's `Visualizer`.
 
     python tools/demo.py --config-file configs/shapes/mask_rcnn_R_18_FPN_quick.yaml \
@@ -10,6 +10,11 @@ The predictions are those of evaluation (same model, same `MODEL.ROI_HEADS.SCORE
 and activation); `--confidence-threshold` additionally hides drawn predictions below it.
 Class names come from the first `--dataset NAME JSON IMAGE_DIR` (a COCO- or LVIS-format set,
 registered as by `tools/train_net.py --dataset`), else from `DATASETS.TEST[0]`.
+
+Each output keeps its input's file name and format (`x.jpg` -> `x.jpg`, `x.png` -> `x.png`; a
+name met twice, e.g. from two folders, gets `_1`, `_2`, ... before its extension). Files with
+another extension than :data:`IMAGE_EXTS` are listed and skipped; an input that cannot be read
+as an image is skipped with a warning and counted.
 """
 import argparse
 import glob
@@ -18,6 +23,7 @@ import os
 
 import cv2
 import tqdm
+from PIL import Image
 
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
@@ -28,7 +34,10 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from rsloss_d2 import add_rsloss_config
 from rsloss_d2.data.user_datasets import register_from_args
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+# the image formats read (Detectron2's read_image uses PIL) and written (OpenCV) here
+IMAGE_EXTS = tuple(e for e in (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp",
+                               ".tif", ".tiff")
+                   if e in Image.registered_extensions() and cv2.haveImageWriter("x" + e))
 
 
 def setup_cfg(args):
@@ -41,20 +50,35 @@ def setup_cfg(args):
 
 
 def list_inputs(inputs):
-    """Expand files, folders and glob patterns into a sorted list of image paths."""
-    paths = []
+    """Expand files, folders and glob patterns into ``(image paths, skipped paths)``: the
+    images in input order (folders sorted), and the files skipped for their extension."""
+    paths, skipped = [], []
     for item in inputs:
         if os.path.isdir(item):
-            paths += [os.path.join(item, f) for f in sorted(os.listdir(item))
-                      if f.lower().endswith(IMAGE_EXTS)]
+            found = [os.path.join(item, f) for f in sorted(os.listdir(item))
+                     if os.path.isfile(os.path.join(item, f))]
         else:
-            matched = sorted(glob.glob(os.path.expanduser(item)))
-            if not matched:
+            found = sorted(glob.glob(os.path.expanduser(item)))
+            if not found:
                 raise FileNotFoundError(f"demo: no image matches '{item}'")
-            paths += matched
+        for path in found:
+            (paths if path.lower().endswith(IMAGE_EXTS) else skipped).append(path)
     if not paths:
-        raise FileNotFoundError(f"demo: no image found in {inputs}")
-    return paths
+        raise FileNotFoundError(f"demo: no image found in {inputs} (image extensions: "
+                                f"{' '.join(IMAGE_EXTS)}; skipped: {skipped[:10]})")
+    return paths, skipped
+
+
+def output_name(path, taken):
+    """The output file name of `path`: its own name, made unique among `taken` (a set of
+    lower-case names, updated) by ``_1``, ``_2``, ... before the extension."""
+    stem, ext = os.path.splitext(os.path.basename(path))
+    name, k = stem + ext, 0
+    while name.lower() in taken:
+        k += 1
+        name = f"{stem}_{k}{ext}"
+    taken.add(name.lower())
+    return name
 
 
 def filter_predictions(instances, confidence_threshold, class_thresholds=None):
@@ -71,7 +95,8 @@ def get_parser():
     p = argparse.ArgumentParser(description="rsloss_d2 demo: draw predictions on images")
     p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument("--input", nargs="+", required=True, help="image files, folders or globs")
-    p.add_argument("--output", required=True, help="output folder for the PNGs")
+    p.add_argument("--output", required=True,
+                   help="output folder (outputs keep their input's file name and format)")
     p.add_argument("--confidence-threshold", type=float, default=0.0,
                    help="hide predictions below this score (on top of the model's test threshold)")
     p.add_argument("--class-thresholds", default=None, metavar="JSON",
@@ -101,17 +126,29 @@ def main(argv=None):
 
         class_thresholds = load_class_thresholds(args.class_thresholds)
     os.makedirs(args.output, exist_ok=True)
-    written = []
-    for path in tqdm.tqdm(list_inputs(args.input), desc="demo"):
-        img = read_image(path, format="BGR")
+    paths, skipped = list_inputs(args.input)
+    if skipped:
+        print(f"demo: skipped {len(skipped)} files that are not {'/'.join(IMAGE_EXTS)} images: "
+              + ", ".join(skipped[:20]) + (" ..." if len(skipped) > 20 else ""))
+    written, unreadable, taken = [], [], set()
+    for path in tqdm.tqdm(paths, desc="demo"):
+        try:
+            img = read_image(path, format="BGR")
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: not an image, truncated, ...
+            print(f"demo: warning: skipped {path}: cannot be read as an image ({e})")
+            unreadable.append(path)
+            continue
         instances = predictor(img)["instances"].to("cpu")
         instances = filter_predictions(instances, args.confidence_threshold, class_thresholds)
         vis = Visualizer(img[:, :, ::-1], metadata, scale=2.0, instance_mode=ColorMode.IMAGE)
         out = vis.draw_instance_predictions(instances).get_image()
-        dst = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
-        cv2.imwrite(dst, out[:, :, ::-1])
+        dst = os.path.join(args.output, output_name(path, taken))
+        if not cv2.imwrite(dst, out[:, :, ::-1]):
+            raise OSError(f"demo: could not write {dst}")
         written.append(dst)
-    print(f"demo: wrote {len(written)} images to {args.output}")
+    print(f"demo: wrote {len(written)} images to {args.output}"
+          + (f"; {len(unreadable)} unreadable inputs skipped" if unreadable else "")
+          + (f"; {len(skipped)} files of other extensions skipped" if skipped else ""))
     return written
 
 

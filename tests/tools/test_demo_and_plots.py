@@ -121,3 +121,36 @@ def test_demo_with_lrp_optimal_class_thresholds(quick_run, tmp_path):
         "--output", str(tmp_path / "thr"), "--class-thresholds", thr_json,
         "--opts", "MODEL.WEIGHTS", weights])
     assert len(written) == 16
+
+
+def test_demo_names_skips_and_counts(tmp_path, capsys):
+    """Outputs keep their input's name and format (x.jpg and x.png do not collide, a name met
+    twice gets _1), an unreadable image is skipped with a warning and counted, files of other
+    extensions are listed. A from-scratch model: only the file handling is under test."""
+    from PIL import Image
+
+    demo = _load_tool("demo")
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    pixels = (np.random.default_rng(0).random((24, 32, 3)) * 255).astype(np.uint8)
+    for path in (a / "x.jpg", a / "x.png", a / "y.webp", b / "x.jpg"):
+        Image.fromarray(pixels).save(path)
+    (a / "fake.jpg").write_text("not an image")
+    (a / "notes.txt").write_text("hello")
+    Image.fromarray(pixels).save(a / "z.gif")
+    assert ".webp" in demo.IMAGE_EXTS and ".gif" not in demo.IMAGE_EXTS
+    out = tmp_path / "out"
+    written = demo.main(["--config-file", QUICK_CONFIG, "--input", str(a), str(b / "x.jpg"),
+                         "--output", str(out), "--opts", "MODEL.WEIGHTS", "",
+                         "MODEL.DEVICE", "cpu"])
+    names = [os.path.basename(p) for p in written]
+    assert names == ["x.jpg", "x.png", "y.webp", "x_1.jpg"]
+    assert sorted(os.listdir(out)) == sorted(names)
+    formats = {n: Image.open(out / n).format for n in names}
+    assert formats == {"x.jpg": "JPEG", "x.png": "PNG", "y.webp": "WEBP", "x_1.jpg": "JPEG"}
+    assert Image.open(out / "x.png").size == (64, 48)  # drawn at scale 2
+    log = capsys.readouterr().out
+    assert f"demo: warning: skipped {a / 'fake.jpg'}: cannot be read as an image" in log
+    assert "skipped 2 files that are not" in log and "notes.txt" in log and "z.gif" in log
+    assert "demo: wrote 4 images" in log and "1 unreadable inputs skipped" in log
