@@ -234,3 +234,49 @@ def test_baseline_comparison_only_for_its_dataset():
     assert lines[3].split() == ["segm/oLRP", "50.0", "53.1"]
     # trained / evaluated on other data: no comparison
     assert format_baseline_comparison(cfg, {"my_val": {"bbox": {"AP": 48.25}}}) is None
+
+
+@pytest.mark.parametrize("evaluator", ["coco", "lvis"])
+def test_evaluators_report_ranking_quality_and_equal_ap_either_way(tmp_path, caplog, evaluator):
+    """Ranking quality beside AP / oLRP (equal to ranking_quality on the same results), and the
+    vectorised AP equal to the official APIs' inside the evaluators."""
+    from rsloss_d2.evaluation import ranking_quality, ranking_quality_lvis
+
+    if evaluator == "coco":
+        name, path = _coco_json(tmp_path)
+        cls, outputs, want_fn = COCOOLRPEvaluator, _coco_outputs(), ranking_quality
+        mapping = {0: 3, 1: 7}
+    else:
+        name = _lvis_json(tmp_path)
+        path = tmp_path / "lvis.json"
+        cls, want_fn = LVISOLRPEvaluator, ranking_quality_lvis
+        mapping = {i: i + 1 for i in range(4)}
+        outputs = {}
+        for img in (1, 2):
+            ds = [d for d in HAND_DETS if d["image_id"] == img]
+            inst = Instances((SIZE * 8, SIZE * 8))
+            b = torch.tensor([d["bbox"] for d in ds], dtype=torch.float32)
+            inst.pred_boxes = Boxes(torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], dim=1))
+            inst.scores = torch.tensor([d["score"] for d in ds])
+            inst.pred_classes = torch.tensor([d["category_id"] - 1 for d in ds])
+            outputs[img] = inst
+    results = {}
+    for impl in ("vectorised", "official"):
+        ev = cls(name, distributed=False, output_dir=str(tmp_path / impl), ap_impl=impl)
+        with caplog.at_level(logging.INFO):
+            results[impl] = _run(ev, outputs)["bbox"]
+    assert "Ranking quality for bbox" in caplog.text
+    for k, v in results["official"].items():
+        assert results["vectorised"][k] == pytest.approx(v, abs=1e-12, nan_ok=True), k
+    dets = list(itertools.chain(*[instances_to_coco_json(i, k) for k, i in outputs.items()]))
+    for d in dets:
+        d["category_id"] = mapping[d["category_id"]]
+    want = want_fn(str(path), dets)
+    for k in ("spearman", "spearman_class_mean", "top10_iou", "mean_iou", "num_tp"):
+        assert results["vectorised"][k] == pytest.approx(want[k], nan_ok=True), k
+    assert want["num_tp"] > 0
+
+    off = cls(name, distributed=False, output_dir=str(tmp_path / "off"), olrp=False,
+              ranking_quality=False)
+    res = _run(off, outputs)["bbox"]
+    assert "AP" in res and "oLRP" not in res and "spearman" not in res
