@@ -22,8 +22,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["rle_counts_problem", "decode_rle_string", "image_file_problem", "check_image_files",
-           "READABLE_MODES"]
+__all__ = ["rle_counts_problem", "decode_rle_string", "invalid_rle_strings", "image_file_problem",
+           "check_image_files", "READABLE_MODES"]
 
 # PIL modes whose convert("RGB") (what Detectron2's read_image does for BGR / RGB input formats)
 # gives the image's real colours
@@ -73,6 +73,68 @@ def decode_rle_string(counts: str) -> np.ndarray:
     return out
 
 
+def _segmented_cumsum(values: np.ndarray, segment: np.ndarray) -> np.ndarray:
+    """Cumulative sums of `values` restarting wherever the (non-decreasing) `segment` changes."""
+    total = np.cumsum(values)
+    first = np.flatnonzero(np.r_[True, segment[1:] != segment[:-1]])
+    before = np.r_[0, total[first[1:] - 1]]
+    return total - np.repeat(before, np.diff(np.r_[first, values.size]))
+
+
+def invalid_rle_strings(strings: Sequence[str], areas: Sequence[int]) -> np.ndarray:
+    """Indices of the compressed RLE strings that do not decode (:func:`decode_rle_string`) to
+    non-negative run lengths summing to their ``areas`` (``height · width``), all strings in one
+    vectorised pass."""
+    n = len(strings)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    areas = np.asarray(areas, dtype=np.int64)
+    try:
+        text = np.frombuffer("".join(strings).encode("ascii"), dtype=np.uint8)
+    except UnicodeEncodeError:  # rare: find the culprits one by one
+        return np.array([k for k in range(n) if rle_counts_problem(strings[k], areas[k], 1)],
+                        dtype=np.int64)
+    lengths = np.fromiter(map(len, strings), dtype=np.int64, count=n)
+    ends = np.cumsum(lengths)  # one past each string's last character
+    bad = np.zeros(n, dtype=bool)
+    wrong_char = np.flatnonzero((text < 48) | (text > 111))
+    bad[np.searchsorted(ends, wrong_char, side="right")] = True
+    group = text - np.uint8(48)  # 0..63 where valid
+    more = (group & 0x20) != 0
+    nonempty = lengths > 0
+    bad[nonempty] |= more[ends[nonempty] - 1]  # the last count of a string is not terminated
+    if bad.any():  # decode the well-formed strings only
+        keep = ~np.repeat(bad, lengths)
+        group, more = group[keep], more[keep]
+    if group.size == 0:
+        sums = np.zeros(n)
+    else:
+        good_ends = np.cumsum(np.where(bad, 0, lengths))
+        index = np.arange(group.size, dtype=np.int64)
+        starts_tok = np.r_[True, ~more[:-1]]  # a count starts after one that ended
+        tok_start = np.flatnonzero(starts_tok)
+        first = np.maximum.accumulate(np.where(starts_tok, index, 0))
+        shift = 5 * (index - first)
+        tok_len = np.diff(np.r_[tok_start, group.size])
+        tok_owner = np.searchsorted(good_ends, tok_start, side="right")
+        bad[np.unique(tok_owner[tok_len > 12])] = True  # more than 60 bits
+        values = np.add.reduceat((group & 0x1F).astype(np.int64) << np.minimum(shift, 60),
+                                 tok_start)
+        negative = (group[tok_start + tok_len - 1] & 0x10) != 0
+        values -= negative * (np.int64(1) << np.minimum(5 * tok_len, 62))
+        # position of each count within its string; from the third on, x_m += cnts_{m-2}
+        new_owner = np.r_[True, tok_owner[1:] != tok_owner[:-1]]
+        tok_index = np.arange(tok_owner.size)
+        pos = tok_index - np.maximum.accumulate(np.where(new_owner, tok_index, 0))
+        counts = values.copy()
+        for parity in ((pos % 2) == 1, ((pos % 2) == 0) & (pos >= 2)):
+            counts[parity] = _segmented_cumsum(values[parity], tok_owner[parity])
+        bad[np.unique(tok_owner[counts < 0])] = True
+        sums = np.bincount(tok_owner, weights=counts.astype(np.float64), minlength=n)
+    bad |= sums != areas.astype(np.float64)
+    return np.flatnonzero(bad)
+
+
 def rle_counts_problem(counts, height: int, width: int) -> Optional[str]:
     """None if ``counts`` (a list or a compressed string) is a valid RLE of a
     ``height × width`` mask, else what is wrong with it."""
@@ -115,6 +177,23 @@ def _cut_short(f, fmt: str) -> bool:
     return end not in tail
 
 
+def _exif_orientation(im) -> Optional[int]:
+    """The EXIF orientation tag of an opened image (None if absent or unreadable). PNG: from an
+    eXIf chunk before the pixels (PIL's getexif() would decode the whole image to look for
+    one after them, which writers do not produce)."""
+    try:
+        if im.format == "PNG":
+            raw = im.info.get("exif")
+            if not raw:
+                return None
+            exif = Image.Exif()
+            exif.load(raw)
+            return exif.get(_EXIF_ORIENTATION)
+        return im.getexif().get(_EXIF_ORIENTATION)
+    except Exception:  # Detectron2 ignores an unreadable EXIF block too
+        return None
+
+
 def image_file_problem(path: str, height: int, width: int) -> Optional[str]:
     """None if Detectron2's ``read_image`` reads `path` correctly as a ``height × width``
     image, else what is wrong (header only: PIL does not decode the pixels)."""
@@ -128,10 +207,7 @@ def image_file_problem(path: str, height: int, width: int) -> Optional[str]:
         try:
             with Image.open(f) as im:
                 fmt, mode, (w, h) = im.format, im.mode, im.size
-                try:
-                    orientation = im.getexif().get(_EXIF_ORIENTATION)
-                except Exception:  # Detectron2 ignores an unreadable EXIF block too
-                    orientation = None
+                orientation = _exif_orientation(im)
         except UnidentifiedImageError:
             return "is not an image file that PIL (Detectron2's read_image) can read"
         except Exception as e:  # a header PIL cannot parse

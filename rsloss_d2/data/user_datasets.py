@@ -51,7 +51,7 @@ from detectron2.data.datasets.lvis import load_lvis_json
 from detectron2.structures import BoxMode
 
 from .datasets import DatasetFileError
-from .file_checks import check_image_files, rle_counts_problem
+from .file_checks import check_image_files, invalid_rle_strings, rle_counts_problem
 
 __all__ = [
     "DatasetFormatError",
@@ -111,8 +111,12 @@ class DatasetSummary:
         return len(self.box_only_annotations)
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _all_numbers(values) -> bool:
+    """All entries finite numbers (one C-level sum instead of a check per coordinate)."""
+    try:
+        return math.isfinite(sum(values))
+    except TypeError:
+        return False
 
 
 def _fail(summary, what):
@@ -124,14 +128,16 @@ def _short(value, limit=80):
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _check_segmentation(summary, ann, image, where):
+def _check_segmentation(summary, ann, image, where, rle_strings):
     """The kind of mask of `ann`: "polygon", "rle", "empty" (no polygon / empty dict) or
-    "degenerate" (COCO: polygons, all of fewer than 3 points); raises for a malformed one."""
+    "degenerate" (COCO: polygons, all of fewer than 3 points); raises for a malformed one.
+    Compressed RLE strings are appended to `rle_strings` as ``(where, counts, height, width)``
+    and checked together afterwards."""
     segm = ann["segmentation"]
     lvis = summary.format == "lvis"
     if isinstance(segm, list):
         for poly in segm:
-            if not isinstance(poly, list) or len(poly) % 2 or not all(map(_is_number, poly)):
+            if not isinstance(poly, list) or len(poly) % 2 or not _all_numbers(poly):
                 _fail(summary, f"{where} 'segmentation' must be a list of polygons [x1, y1, x2, "
                                f"y2, ...] (an even number of numbers each), got {_short(segm)}")
             if lvis and len(poly) < 6:  # Detectron2's LVIS loader asserts (COCO's drops them)
@@ -155,6 +161,9 @@ def _check_segmentation(summary, ann, image, where):
                 list(segm["size"]) != [image["height"], image["width"]]:
             _fail(summary, f"{where} RLE 'segmentation' size {_short(segm['size'])} is not the "
                            f"image's [height, width] = [{image['height']}, {image['width']}]")
+        if isinstance(segm["counts"], str):
+            rle_strings.append((where, segm["counts"], image["height"], image["width"]))
+            return "rle"
         problem = rle_counts_problem(segm["counts"], image["height"], image["width"])
         if problem is not None:
             _fail(summary, f"{where}: {problem}")
@@ -320,7 +329,7 @@ def _inspect_json(name, json_file, image_root):
         image_by_id[im["id"]] = im
     summary.num_images = len(image_by_id)
 
-    ann_ids = set()
+    ann_ids, rle_strings = set(), []
     for i, ann in enumerate(anns):
         where = f"annotation id {ann.get('id') if isinstance(ann, dict) else '?'} " \
                 f"(annotations[{i}])"
@@ -337,12 +346,13 @@ def _inspect_json(name, json_file, image_root):
             _fail(summary, f"{where} refers to category_id {_short(ann.get('category_id'))}, "
                            "which is not in 'categories'")
         box = ann.get("bbox")
-        if not (isinstance(box, list) and len(box) == 4 and all(map(_is_number, box))
+        if not (isinstance(box, list) and len(box) == 4 and _all_numbers(box)
                 and box[2] >= 0 and box[3] >= 0):
             _fail(summary, f"{where} 'bbox' must be [x, y, width, height] (4 finite numbers, "
                            f"width and height >= 0), got {_short(box)}")
         crowd = bool(ann.get("iscrowd", 0))
-        kind = _check_segmentation(summary, ann, image, where) if "segmentation" in ann else None
+        kind = (_check_segmentation(summary, ann, image, where, rle_strings)
+                if "segmentation" in ann else None)
         if crowd:
             continue
         summary.num_instances += 1
@@ -358,6 +368,10 @@ def _inspect_json(name, json_file, image_root):
                 summary.first_degenerate_polygon = (
                     f"{where} of image {_short(image[path_key])}: {_short(ann['segmentation'])}")
     summary.num_annotations = len(anns)
+    invalid = invalid_rle_strings([r[1] for r in rle_strings], [r[2] * r[3] for r in rle_strings])
+    if invalid.size:
+        where, counts, height, width = rle_strings[invalid[0]]
+        _fail(summary, f"{where}: {rle_counts_problem(counts, height, width)}")
     entries = [(i, _image_path(summary, im), im["height"], im["width"])
                for i, im in enumerate(images)]
     return summary, (entries, [im["id"] for im in images])

@@ -390,3 +390,34 @@ def test_fewer_classes_than_categories_even_without_the_check(tiny, tmp_path, co
                config=config, num_classes=1)
     _check(tmp_path, datasets, *opts, "DATASETS.CHECK_NUM_CLASSES", "False", config=config,
            num_classes=3)  # more classes than categories: allowed
+
+
+def test_rle_string_decoding_matches_pycocotools():
+    """decode_rle_string inverts pycocotools' encoder (round trip through pycocotools); the
+    vectorised check of many strings flags exactly those the single decoder rejects."""
+    import pycocotools.mask as mask_utils
+
+    from rsloss_d2.data.file_checks import (decode_rle_string, invalid_rle_strings,
+                                            rle_counts_problem)
+
+    rng = np.random.default_rng(0)
+    strings, areas = [], []
+    for k in range(400):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        mask = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        if k % 5 == 0:
+            mask[:] = k % 2
+        encoded = mask_utils.encode(np.asfortranarray(mask))["counts"].decode("ascii")
+        runs = decode_rle_string(encoded)
+        assert runs.sum() == h * w
+        again = mask_utils.frPyObjects({"counts": runs.tolist(), "size": [h, w]}, h, w)
+        assert again["counts"].decode("ascii") == encoded
+        assert (mask_utils.decode({"counts": encoded, "size": [h, w]}) == mask).all()
+        broken = [encoded, encoded[:-1], encoded + "1", "#" + encoded, encoded + "g", ""]
+        strings += broken
+        areas += [h * w] * len(broken)
+    expected = [k for k, (s, a) in enumerate(zip(strings, areas))
+                if rle_counts_problem(s, a, 1) is not None]
+    assert 0 < len(expected) < len(strings)
+    assert invalid_rle_strings(strings, areas).tolist() == expected
+    assert 0 not in expected  # pycocotools' own strings pass
