@@ -49,6 +49,18 @@ def add_rsloss_config(cfg):
     # per process differ (0: not recorded). Paper configs: the official images per GPU (README).
     _C.SOLVER.REFERENCE_IMS_PER_PROCESS = 0
 
+    # ---------------------------------------------------------------- training safety
+    # Stop training (FloatingPointError) when a head's positives all have IoU 0 with their
+    # objects (its logged `<head>/mean_pos_iou` is 0 or NaN: the box regressor diverged and RS
+    # Loss, with no positive sorting target, is 0) for this many consecutive iterations after
+    # warm-up; iterations without assigned positives (no objects) do not count. 0: never stop.
+    _C.SOLVER.MAX_ITERS_WITHOUT_POSITIVES = 20
+    # Modules (state-dict name prefixes, e.g. "roi_heads.box_predictor") that MODEL.WEIGHTS may
+    # leave unloaded or of another shape (fine-tuning to other classes). Anything else left
+    # unloaded stops the run, except the neck and heads when MODEL.WEIGHTS holds only a
+    # backbone (a pretrained start, training only). "*": any module (not checked).
+    _C.MODEL.WEIGHTS_ALLOW_UNLOADED = []
+
     # ---------------------------------------------------------------- ranking losses
     _C.MODEL.RANK_LOSS = CN()
     # Smoothing width delta of the step function H used by RS Loss (paper default 0.5).

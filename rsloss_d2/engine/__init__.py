@@ -3,6 +3,14 @@ thin wrapper of `run`)."""
 from .autocast import TrainingAutocast  # noqa: F401
 from .process_group import leave_process_group  # noqa: F401
 from .trainer import Trainer  # noqa: F401
+from .checkpoint import (  # noqa: F401
+    CheckedCheckpointer,
+    CheckpointError,
+    WeightsMismatchError,
+    check_loaded_weights,
+)
+from .checks import LOSS_CHOICES, ConfigError  # noqa: F401
+from .hooks import StopWithoutPositives  # noqa: F401
 from .launch import (  # noqa: F401
     SETUP_ERRORS,
     argument_parser,

@@ -13,7 +13,6 @@ import sys
 
 import torch
 import detectron2.utils.comm as comm
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
@@ -23,6 +22,21 @@ from ..config import add_rsloss_config
 from ..data import DatasetFileError, check_dataset_files
 from ..data.config_checks import ConfigDataError, check_config_against_data
 from ..data.user_datasets import DatasetFormatError, register_from_args
+from .checkpoint import (
+    CheckedCheckpointer,
+    CheckpointError,
+    WeightsMismatchError,
+    check_loaded_weights,
+)
+from .checks import (
+    ConfigError,
+    check_batch_size,
+    check_loss_names,
+    check_option_order,
+    check_output_dir,
+    check_weights_file,
+    config_value_error,
+)
 from .process_group import leave_process_group
 from .trainer import Trainer
 
@@ -32,7 +46,10 @@ __all__ = [
 ]
 
 # errors found before any process starts: printed as one `train_net.py: error:` line
-SETUP_ERRORS = (KeyError, DatasetFileError, DatasetFormatError, ConfigDataError)
+SETUP_ERRORS = (KeyError, DatasetFileError, DatasetFormatError, ConfigDataError, ConfigError)
+# errors of a process's own checks (weights that do not fit, an unreadable checkpoint): one
+# `train_net.py: error:` line too when the run is a single process
+PROCESS_ERRORS = (WeightsMismatchError, CheckpointError)
 
 
 def argument_parser():
@@ -42,6 +59,10 @@ def argument_parser():
         "--dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_DIR"),
         help="register a COCO- or LVIS-format dataset under NAME (repeatable); use it with "
              "DATASETS.TRAIN / DATASETS.TEST")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="train anew in an OUTPUT_DIR that holds a finished run: deletes its checkpoints, "
+             "last_checkpoint and metrics.json first")
     return parser
 
 
@@ -62,11 +83,18 @@ def load_config(config_file, opts=()):
     cpu without CUDA."""
     cfg = get_cfg()
     add_rsloss_config(cfg)  # before merging, so rsloss_d2 keys are known and typos are errors
+    if "://" not in config_file and not os.path.isfile(config_file):
+        raise ConfigError(f"--config-file {config_file!r}: no such file")
     try:
         cfg.merge_from_file(config_file)
         cfg.merge_from_list(list(opts))
+    except ValueError as e:  # yacs: a value of another type than the key's default
+        raise ConfigError(config_value_error(e, config_file, opts)) from e
     except (KeyError, AssertionError) as e:  # yacs: KeyError from files, AssertionError from opts
         msg = str(e.args[0]) if e.args else str(e)
+        if "odd length" in msg:
+            raise ConfigError(f"the KEY VALUE pairs after the options have an odd number of "
+                              f"items ({len(opts)}): a KEY without its VALUE?") from e
         if "Non-existent" not in msg:
             raise
         raise KeyError(f"{msg} (unknown config key; rsloss_d2's keys are declared in "
@@ -114,12 +142,22 @@ def check_before_launch(args):
     """Everything that can fail before training, in the launching process: registers and checks
     the `--dataset` files, builds the config, checks it against the data. Stores the results on
     `args` (the datasets' summaries; config changes such as the mask format as extra opts)."""
+    parser = argument_parser()
+    check_option_order(args.opts, {s for a in parser._actions for s in a.option_strings})
     summaries = register_datasets(args)
     cfg = build_cfg(args)
+    world_size = args.num_gpus * args.num_machines
+    check_loss_names(cfg)
+    check_weights_file(cfg, args.eval_only, args.resume)
+    if not args.eval_only:
+        check_batch_size(cfg, world_size)
+    for message in check_output_dir(cfg, args.resume, getattr(args, "overwrite", False),
+                                    args.eval_only):
+        print(f"train_net.py: warning: {message}", flush=True)
     extra_opts, messages = check_config_against_data(cfg, summaries, eval_only=args.eval_only)
     for message in messages:
         print(f"train_net.py: {message}", flush=True)
-    warning = images_per_process_warning(cfg, args.num_gpus * args.num_machines)
+    warning = images_per_process_warning(cfg, world_size)
     if warning:
         print(f"train_net.py: warning: {warning}", flush=True)
     args.dataset_summaries = summaries
@@ -144,9 +182,10 @@ def train_or_evaluate(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        checkpointer = CheckedCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        check_loaded_weights(model, checkpointer.incompatible, checkpointer.loaded_path,
+                             cfg.MODEL.WEIGHTS_ALLOW_UNLOADED, eval_only=True)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
@@ -176,11 +215,14 @@ def run(argv=None):
         check_before_launch(args)
     except SETUP_ERRORS as e:
         sys.exit(f"train_net.py: error: {e.args[0] if e.args else e}")
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except PROCESS_ERRORS as e:  # one process: raised here (several: in the spawned process)
+        sys.exit(f"train_net.py: error: {e}")

@@ -5,7 +5,6 @@ import os
 import weakref
 
 import detectron2.utils.comm as comm
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import (
     AMPTrainer,
@@ -19,6 +18,8 @@ from detectron2.utils.logger import setup_logger
 from ..data.transforms import build_train_mapper
 from ..evaluation.build import build_evaluator, format_baseline_comparison
 from .autocast import TrainingAutocast
+from .checkpoint import CheckedCheckpointer, check_loaded_weights
+from .hooks import StopWithoutPositives
 
 __all__ = ["Trainer"]
 
@@ -51,11 +52,28 @@ class Trainer(DefaultTrainer):
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = CheckedCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume=True):
+        """DefaultTrainer's, then stops if the loaded weights leave modules unloaded that are not
+        expected (`rsloss_d2.engine.checkpoint.check_loaded_weights`)."""
+        super().resume_or_load(resume=resume)
+        check_loaded_weights(self.checkpointer.model, self.checkpointer.incompatible,
+                             self.checkpointer.loaded_path, self.cfg.MODEL.WEIGHTS_ALLOW_UNLOADED,
+                             eval_only=False, logger=logger)
+
+    def build_hooks(self):
+        """DefaultTrainer's hooks with :class:`StopWithoutPositives` before the checkpointer (a
+        diverged model is not saved)."""
+        hooks = super().build_hooks()
+        patience = self.cfg.SOLVER.MAX_ITERS_WITHOUT_POSITIVES
+        if patience > 0:
+            hooks.insert(2, StopWithoutPositives(patience, start_iter=self.cfg.SOLVER.WARMUP_ITERS))
+        return hooks
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
