@@ -4,7 +4,10 @@
 Everything that can be checked before training is checked in the launching process and ends with
 one `train_net.py: error: ...` line: unknown config keys, missing files, malformed annotation
 files, NUM_CLASSES differing from the training set's number of categories
-(`rsloss_d2/data/config_checks.py`). RLE masks switch INPUT.MASK_FORMAT to bitmask.
+(`rsloss_d2/data/config_checks.py`), values of the wrong type, options after the KEY VALUE
+pairs, loss names, the batch split, MODEL.WEIGHTS and OUTPUT_DIR (`rsloss_d2/engine/checks.py`).
+RLE masks switch INPUT.MASK_FORMAT to bitmask. Weights that do not fit the model stop each
+process after loading (`rsloss_d2/engine/checkpoint.py`).
 """
 import logging
 import os
