@@ -1,61 +1,93 @@
-"""Sums of the smoothed step function without a P×N matrix (shared by RS, aLRP and AP Loss).
+"""Sums of the smoothed step function over sorted breakpoints (shared by RS, aLRP and AP Loss).
 
-All three ranking losses need, for the positives ``c_i`` (the "centres") and a set of points
-``x_j`` (the negatives, or the positives themselves),
+All three ranking losses (Oksuz et al. 2021, Sec. 3–4; Oksuz et al. 2020, Sec. 4; Chen et al.
+2019, Sec. 3) need, for the positives' logits ``c_i`` (the "centres") and a set of points ``x_j``
+(the negatives, or the positives themselves),
 
 * (A) for every centre:  ``Σ_j u_j · H(x_j − c_i)``   (e.g. N_FP(i) with u = 1),
 * (B) for every point:   ``Σ_i w_i · H(x_j − c_i)``   (the gradient a negative receives),
 
-with the smoothed step H(x) = clamp(x/(2δ) + 1/2, 0, 1) (spec §1.4; δ = 0: the hard step
-1[x ≥ 0]). H(x − c) is 0 below ``c − δ``, 1 from ``c + δ`` on and linear in between, so both sums
-are piecewise linear in their free variable with kinks only at the 2P "breakpoints" ``c_i ± δ``.
-Cut the real line at the sorted breakpoints into 2P + 1 bins; bin k holds the x with exactly k
-breakpoints ≤ x (``searchsorted(bp, x, right=True)``). Then
+with the smoothed step H(x) = clamp(x/(2δ) + 1/2, 0, 1) (RS Loss paper, Eq. 2; δ = 0: the hard
+step 1[x ≥ 0]). The official loops (``mmdet/models/losses/ranking_losses.py`` of the RankSortLoss
+and aLRPLoss repositories) build these sums one positive at a time, O(P·N).
 
-* (A) needs only the per-bin totals ``Σ u_j`` and ``Σ u_j x_j``: the points in bins ≥ r(c_i + δ)
-  count fully, those in bins [r(c_i − δ), r(c_i + δ)) linearly, via suffix sums over the bins;
-* (B) is ``α[k] + β[k] · x`` on bin k, with α, β built from difference arrays over the bins.
+H(x − c) is 0 below the breakpoint ``c − δ``, 1 from ``c + δ`` on and linear in between, so both
+sums are piecewise linear in their free variable with kinks only at the 2P breakpoints. Sort the
+breakpoints ``bp``; bin k holds the x with exactly k breakpoints ≤ x
+(``searchsorted(bp, x, right=True)``). Then, with ``r(b) = #{bp < b}`` for a breakpoint b, the
+points with x < b are exactly those of the bins ≤ r(b) (the bins between r(b) and the last copy of
+b are empty), so
 
-The bin totals, suffix sums and tables are accumulated in float64 (they subtract totals over up
-to 10^6 points) and only the final values are cast back to the compute dtype.
+* (A) is a difference of prefix sums over the bins of ``Σ u_j`` and ``Σ u_j x_j``, gathered at
+  ``r(c − δ)`` and ``r(c + δ)`` (:func:`histogram`, :func:`sums_at_centres`);
+* (B) is ``A[k] − B[k]·x`` on bin k, with ``(A, B)`` the prefix sums over the sorted breakpoints of
+  the ramps ``w/(2δ)·(relu(x − c + δ) − relu(x − c − δ))`` (:func:`centre_tables`,
+  :func:`evaluate`).
 
-For the many negatives (10^5–10^6) a binary search per element would dominate the cost, so
-:class:`PointBins` first maps every element to a cell of a *uniform* grid over the breakpoints'
-range (~64 cells per breakpoint) with one multiply. The map is monotone, so a cell that holds no
-breakpoint lies inside one bin, known from the cell; only the few elements in a cell that holds a
-breakpoint are compared with that cell's breakpoints. Cost: O(N) elementwise work and histograms
-over the negatives plus O(P log P) for the breakpoints; no P×N matrix and no loop over positives.
-No approximation is made: the values equal the official ones up to float rounding.
+Every point is binned once (:func:`point_bins`): one ``searchsorted`` (a few batched operations
+whatever P and N), or on the CPU for many points a uniform grid over the breakpoints whose cells
+that hold no breakpoint give the bin directly, so only the few points in the other cells are
+binary-searched. Sums and tables are accumulated in float64 and cast back at the end; no
+approximation is made, the values equal the official loop's up to float rounding. No P×N matrix
+and no Python loop over positives or points.
 
-RS Loss also needs sums over the positives *with a lower IoU* (its sorting part); for many
-positives :func:`ordered_step_sums` does them with a divide and conquer over the IoU order, each
-level one batched sort / prefix-sum / ``searchsorted`` step (O(P log² P), no P×P matrix).
+Host reads: :func:`find_positives` reads the number of positives and the finite check of the
+logits in one read, or none when the caller passes the number of positives. The CPU grid reads
+the number of points in breakpoint cells (a CPU tensor: no device synchronisation).
 
-Precision: all sums are float64 differences of prefix sums, so their absolute error is about
-1e-16 × Σ|logits| — negligible for real logits; logits beyond ±1e5 in float32 are only as exact
-as ``c ± δ`` is in float32 (the official loop has the same order of error in ``s_j − s_i``).
-
-Host synchronisations per call (data-dependent shapes): the finite check, the number of
-positives, the number of elements in breakpoint cells and the most breakpoints in one cell.
+RS Loss also needs sums over the positives *with a lower IoU* (its sorting part): a dense P×P
+computation in :mod:`.rank_sort` up to a few thousand positives, above that
+:func:`ordered_step_sums`, a divide and conquer over the IoU order, each level one batched sort /
+prefix-sum / ``searchsorted`` step (O(P log² P), no P×P matrix).
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Optional, Tuple
+import math
+from typing import Dict, Optional, Tuple
 
 import torch
 
 __all__ = [
-    "StepBins",
-    "PointBins",
-    "prepare_inputs",
-    "positive_indices",
-    "counts_per_bin",
     "no_autocast",
-    "row_blocks",
+    "compute_dtype",
+    "prepare_inputs",
+    "find_positives",
+    "constant",
+    "breakpoints",
+    "point_bins",
+    "zero_buffers",
+    "histogram",
+    "table_shape",
+    "sums_at_centres",
+    "centre_tables",
+    "evaluate",
+    "counts_per_bin",
+    "StepBins",
     "step_sums_over_points",
     "ordered_step_sums",
+    "GRID_MIN_POINTS",
 ]
+
+# On the CPU, from this many logits on the points are binned through a uniform grid (an O(log P)
+# binary search per point costs more there); elsewhere one batched searchsorted.
+GRID_MIN_POINTS = 1 << 15
+
+_CONSTANTS: Dict[tuple, torch.Tensor] = {}
+
+
+def constant(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small constant tensor made once per (values, dtype, device) and reused (no per-call
+    allocation or host-to-device copy). ``values``: a number or nested tuples of numbers."""
+    key = (values, dtype, device)
+    out = _CONSTANTS.get(key)
+    if out is None:
+        if len(_CONSTANTS) > 4096:  # e.g. one per number of positives: keep the cache small
+            _CONSTANTS.clear()
+        with torch.inference_mode(False), torch.no_grad():
+            out = torch.tensor(values, dtype=dtype, device=device)
+        _CONSTANTS[key] = out
+    return out
 
 
 def no_autocast(device_type: str):
@@ -76,7 +108,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def prepare_inputs(
     name: str, logits: torch.Tensor, targets: torch.Tensor
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Flatten, upcast and check the shapes of a ranking loss's inputs (no host sync).
+    """Flatten, upcast and check the shapes of a ranking loss's inputs (no host read).
 
     Args:
         name: loss name used in error messages.
@@ -89,9 +121,6 @@ def prepare_inputs(
 
     Raises:
         ValueError: shape mismatch or non-floating logits.
-
-    NaN / ±Inf logits are refused by :func:`positive_indices`, inside the loss, in the host read
-    of the number of positives that the loss needs anyway.
     """
     if not torch.is_floating_point(logits):
         raise ValueError(f"{name}: logits must be floating point, got {logits.dtype}")
@@ -104,28 +133,198 @@ def prepare_inputs(
     return s, targets.detach().reshape(-1)
 
 
-def positive_indices(name: str, s: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Indices of the positives (P,) int64, ascending, and the finiteness check of the logits,
-    in **one** host read (the number of positives is a data-dependent shape).
+def find_positives(
+    name: str, s: torch.Tensor, pos: torch.Tensor, num_positives: Optional[int] = None
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Indices of the positives, ascending, with at most one host read.
 
     Args:
         name: loss name used in error messages.
         s: (M,) flat logits (compute dtype).
         pos: (M,) bool, the positives.
+        num_positives: the number of positives if the caller knows it (then nothing is read back
+            from the device); it must equal ``pos.sum()``.
+
+    Returns:
+        ``(pos_idx, guard)``: (P,) int64 indices and, when ``num_positives`` was given, a 0-dim
+        tensor that is 0, or NaN if a logit is NaN/±Inf, to be added to the loss values (without
+        a host read a non-finite logit cannot raise; it makes the loss NaN instead). ``guard`` is
+        None otherwise.
 
     Raises:
-        FloatingPointError: NaN or ±Inf among the logits (``aminmax``: min and max propagate NaN
-            and expose ±Inf, one fused pass).
+        FloatingPointError: NaN or ±Inf among the logits (``num_positives`` not given): one read
+            of ``Σ_j (1[j positive] + 0·s_j)`` in float64, the number of positives or NaN.
     """
-    if s.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=s.device)
-    lo, hi = torch.aminmax(s.detach())
-    finite = torch.isfinite(torch.stack([lo, hi])).all()
-    num_pos, ok = torch.stack([pos.sum(), finite.to(torch.long)]).tolist()
-    if not ok:
-        raise FloatingPointError(f"{name}: the logits contain NaN or Inf")
-    # nonzero_static with a host size: no second sync (plain nonzero reads its size back)
-    return torch.nonzero_static(pos, size=num_pos).squeeze(1)
+    if num_positives is None:
+        check = torch.add(pos, s, alpha=0).sum(dtype=torch.float64).item()
+        if not math.isfinite(check):
+            raise FloatingPointError(f"{name}: the logits contain NaN or Inf")
+        num, guard = int(check), None
+    else:
+        num, guard = int(num_positives), s.mul(0).sum()
+    # nonzero_static with a host size: no synchronisation (plain nonzero reads its size back)
+    return torch.nonzero_static(pos, size=num).squeeze(1), guard
+
+
+def breakpoints(centres: torch.Tensor, delta: float
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The breakpoints ``c_i ∓ δ`` of the centres, sorted, and where each one falls.
+
+    Args:
+        centres: (P,) logits of the positives, P ≥ 1.
+        delta: δ ≥ 0 (δ = 0: one breakpoint ``c_i`` per centre, hard step).
+
+    Returns:
+        ``(both, bp, r)``: ``both`` (2P,) = ``[c − δ; c + δ]`` (δ = 0: ``c``, (P,)), ``bp`` the
+        same sorted, ``r`` = ``#{bp < both_i}`` (int64).
+    """
+    if delta > 0:
+        both = (centres[None, :] + constant(((-delta,), (delta,)), centres.dtype,
+                                            centres.device)).view(-1)
+    else:
+        both = centres
+    bp = both.sort().values
+    return both, bp, torch.searchsorted(bp, both)
+
+
+def point_bins(bp: torch.Tensor, s: torch.Tensor, mask: torch.Tensor,
+               grid: Optional[bool] = None, sanitize: bool = False) -> torch.Tensor:
+    """Bin of every point, ``#{bp ≤ s_j}``, and 0 where ``mask`` is False: (M,) int64.
+
+    Bin 0 lies below every breakpoint: its points take part in no sum (its tables are zero).
+
+    Args:
+        bp: (B,) sorted breakpoints.  s: (M,) points.  mask: (M,) bool, the points to bin.
+        grid: use the uniform grid (default: on the CPU from ``GRID_MIN_POINTS`` points on).
+        sanitize: map NaN points to bin 0 (needed by the grid when the logits were not checked).
+
+    The grid maps every element to a cell ``int(clamp((x − off)/w, 0, C + 3))`` with about 64
+    cells per breakpoint; the map is monotone non-decreasing (correctly rounded subtraction,
+    division and clamp, truncation of non-negative numbers) and is applied in the same operations
+    to the breakpoints and the points, so a cell that holds no breakpoint lies inside one bin, the
+    number of breakpoints in the cells below it. The points of the cells that hold a breakpoint
+    are binary-searched. The result equals the plain ``searchsorted``.
+    """
+    m = s.numel()
+    if grid is None:
+        grid = s.device.type == "cpu" and m >= GRID_MIN_POINTS
+    if not grid:
+        return torch.searchsorted(bp, s, right=True).mul_(mask)
+    num_cells = int(max(min(64 * bp.numel(), m // 4, 1 << 18), 1024))
+    width = (bp[-1] - bp[0]).clamp_(1e-3, torch.finfo(bp.dtype).max / 8).div_(num_cells)
+    offset = torch.sub(bp[0], width, alpha=2)  # the breakpoints land in cells ≥ 1
+    v = torch.cat([s, bp]).sub_(offset).div_(width)
+    if sanitize:
+        v.nan_to_num_(nan=0.0)
+    cell = v.clamp_(0, num_cells + 3).to(torch.int64)
+    per_cell = torch.bincount(cell[m:], minlength=num_cells + 4)
+    # per cell: [breakpoints in the cells below (the bin of a pure cell), breakpoints in it]
+    table = torch.stack([per_cell.cumsum(0) - per_cell, per_cell], 1)
+    found = table.index_select(0, cell[:m])
+    mixed = torch.nonzero(found[:, 1]).squeeze(1)  # CPU only: no device synchronisation
+    found[:, 0].index_copy_(
+        0, mixed, torch.searchsorted(bp, s.index_select(0, mixed), right=True))
+    return found[:, 0].mul(mask)
+
+
+def zero_buffers(device: torch.device, *shapes) -> Tuple[torch.Tensor, ...]:
+    """Float64 zero tensors of the given shapes, views of one allocation (one fill)."""
+    sizes = [math.prod(shape) for shape in shapes]
+    flat = torch.zeros(sum(sizes), dtype=torch.float64, device=device)
+    return tuple(part.view(shape) for part, shape in zip(flat.split(sizes), shapes))
+
+
+def histogram(num_bins: int, k: torch.Tensor, src: torch.Tensor,
+              k_extra: Optional[torch.Tensor] = None,
+              src_extra: Optional[torch.Tensor] = None,
+              out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-bin sums of weighted points, float64 (R, num_bins).
+
+    Args:
+        k: (M,) bins (:func:`point_bins`).
+        src: (R₁, M) rows in pairs ``(u_j, u_j·x_j)`` (float64 after promotion).
+        k_extra, src_extra: optional second set of points (e.g. the positives), (n,), (R₂, n).
+        out: optional zero float64 (R₁ + R₂, num_bins) to fill (:func:`zero_buffers`).
+
+    The ``u·x`` rows of the first and the last bin are zeroed: those bins are never inside a
+    window ``[c − δ, c + δ)``, and outliers (|x| ~ 1e30) there would spoil the prefix sums.
+    """
+    rows = src.shape[0] + (0 if src_extra is None else src_extra.shape[0])
+    hist = out if out is not None else torch.zeros(rows, num_bins, dtype=torch.float64,
+                                                   device=src.device)
+    hist[: src.shape[0]].index_add_(1, k, src)
+    if src_extra is not None:
+        hist[src.shape[0]:].index_add_(1, k_extra, src_extra)
+    hist[1::2, :: num_bins - 1].zero_()
+    return hist
+
+
+def sums_at_centres(hist: torch.Tensor, both: torch.Tensor, r: torch.Tensor,
+                    delta: float) -> torch.Tensor:
+    """(A): ``Σ_j u_j H(x_j − c_i)`` for every centre and weighting, float64 (R/2, P).
+
+    Args:
+        hist: (R, num_bins) from :func:`histogram`.  both, r: from :func:`breakpoints`.
+
+    With prefix sums C(b) over the points x < b: ``#{x ≥ c + δ}`` counts fully, the points of
+    ``[c − δ, c + δ)`` linearly, ``(Σ x − (c − δ)·n) / (2δ)``.
+    """
+    cs = hist.cumsum(1)
+    at = cs.index_select(1, r)  # (R, 2P) or (R, P): sums over the points below each breakpoint
+    if delta <= 0:
+        return cs[0::2, -1:] - at[0::2]  # points with x ≥ c
+    p = r.numel() // 2
+    window = at[:, p:] - at[:, :p]  # points with c − δ ≤ x < c + δ
+    lin = torch.addcmul(window[1::2], both[:p], window[0::2], value=-1)
+    full = cs[0::2, -1:] - at[0::2, p:]
+    return torch.add(full, lin, alpha=1.0 / (2.0 * delta))
+
+
+def table_shape(num_bins: int, delta: float) -> Tuple[int, ...]:
+    """Shape of the table of :func:`centre_tables`."""
+    return (num_bins, 2) if delta > 0 else (num_bins,)
+
+
+def centre_tables(w: torch.Tensor, both: torch.Tensor, r: torch.Tensor, num_bins: int,
+                  delta: float, scale: float = 1.0,
+                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B): per-bin table of ``scale · Σ_i w_i H(x − c_i)``, float64 (num_bins, 2), or
+    (num_bins,) for δ = 0; evaluated by :func:`evaluate`.
+
+    Args:
+        w: (P,) weight of every centre.  both, r: from :func:`breakpoints`.
+        out: optional zero float64 tensor of shape :func:`table_shape` to use.
+
+    ``w H(x − c) = w/(2δ) (relu(x − c + δ) − relu(x − c − δ))``: on bin k the sum is
+    ``A[k] − B[k]·x`` with ``(A, B)`` the prefix sums of ``(−ω b, −ω)`` over the breakpoints b
+    below, ω = ±w/(2δ). The first bin is exactly zero; in the last one (above every window) the
+    residue of B is removed, so that far outliers get exactly ``scale · Σ w``.
+    """
+    diff = out if out is not None else torch.zeros(table_shape(num_bins, delta),
+                                                   dtype=torch.float64, device=w.device)
+    if delta > 0:
+        # ±scale/(2δ) folded into the weights (an ``alpha`` of index_add_ may be applied with a
+        # fused multiply-add, which keeps the rounding residue of ``+a − a`` for huge logits).
+        sign = scale / (2.0 * delta)
+        omega = (w[None, :] * constant(((-sign,), (sign,)), torch.float64, w.device)).view(-1)
+        diff[1:].index_add_(0, r, torch.stack([omega * both, omega], 1))
+        table = diff.cumsum(0)
+        table[-1:, 1:].zero_()
+        return table
+    diff[1:].index_add_(0, r, w.to(torch.float64), alpha=scale)
+    return diff.cumsum(0)
+
+
+def evaluate(table: torch.Tensor, k: torch.Tensor, x64: torch.Tensor) -> torch.Tensor:
+    """(B) at every point: ``A[k] − B[k]·x``, float64 (M,); 0 for the points of bin 0.
+
+    Args:
+        table: from :func:`centre_tables`.  k: (M,) bins.  x64: (M,) the points in float64.
+    """
+    at = table.index_select(0, k)
+    if table.dim() == 1:
+        return at
+    return torch.addcmul(at[:, 0], at[:, 1], x64, value=-1)
 
 
 def counts_per_bin(index: torch.Tensor, num_bins: int,
@@ -141,17 +340,6 @@ def counts_per_bin(index: torch.Tensor, num_bins: int,
         return out.index_add_(0, index, torch.ones_like(index, dtype=torch.int64))
     out = torch.zeros(num_bins, dtype=torch.float64, device=index.device)
     return out.index_add_(0, index, weights.to(torch.float64))
-
-
-def row_blocks(rows: int, cols: int, max_elements: int = 1 << 22):
-    """Yield ``slice``s over ``rows`` so that each block has at most ~``max_elements`` entries.
-
-    Used to bound the memory of the dense P×P positive–positive part (a loop over blocks of
-    positives, never over single positives unless P is huge).
-    """
-    step = max(1, max_elements // max(cols, 1))
-    for start in range(0, rows, step):
-        yield slice(start, min(rows, start + step))
 
 
 def suffix_sums(x: torch.Tensor) -> torch.Tensor:
@@ -252,124 +440,6 @@ class StepBins:
         return ab[0], ab[1]
 
 
-class PointBins:
-    """Exact bin indices of many points (the negatives), found through a uniform grid.
-
-    Every element is mapped to a cell of a uniform grid over the breakpoints' range:
-    ``v = clamp((x − off) · scale, 0, C − 1)``, ``cell = int(v)``, ``frac = v − cell`` ∈ [0, 1).
-    This map is monotone non-decreasing (correctly rounded subtraction, multiplication and clamp,
-    truncation of non-negative numbers) and is applied identically to the breakpoints and to the
-    points, so a breakpoint b satisfies b < x if cell(b) < cell(x) and b > x if
-    cell(b) > cell(x): in a cell that holds no breakpoint ("pure" cell) all points share one bin,
-    ``#{b : cell(b) < cell}``, and the piecewise-linear sums are linear in ``frac``. Only points
-    in the ≤ 2P cells that hold a breakpoint are compared with that cell's breakpoints (binary
-    search if a cell holds more than 8); ~64 cells per breakpoint keep those points few unless
-    they concentrate on the breakpoints. The result is
-    exact up to float rounding; in float32 a point's position inside its cell is known to about
-    ``eps · (grid width)``, the same order as the rounding of the logits themselves.
-
-    Args:
-        bins: the breakpoints.
-        x: (M,) all flat logits (compute dtype).
-        mask: (M,) bool, the points to use (the negatives); the others are put in cell 0, which
-            lies below every breakpoint (bin 0: never inside a window, value 0 in
-            :meth:`evaluate`).
-        cells_per_breakpoint: grid resolution (cells ≈ this × number of breakpoints, at most
-            M / 4 and 2^18, at least 1024).
-    """
-
-    def __init__(self, bins: StepBins, x: torch.Tensor, mask: torch.Tensor,
-                 cells_per_breakpoint: int = 64):
-        self.bins = bins
-        bp = bins.bp
-        dev = x.device
-        # ~64 cells per breakpoint, but not many more cells than points (per-cell work), ≤ 2^18.
-        num_cells = int(max(min(cells_per_breakpoint * bp.numel(), x.numel() // 4, 1 << 18), 1024))
-        lo, hi = bp[0], bp[-1]
-        # Width clamped to stay finite for absurd logits (±1e38): the map stays monotone.
-        width = (hi - lo).clamp(1e-3, torch.finfo(bp.dtype).max / 8)
-        scale = num_cells / width
-        offset = lo - 2 * width / num_cells  # breakpoints land in cells ≥ 1 (≈ 2 .. C − 2)
-        cells = num_cells + 4
-        max_cell = float(cells - 1)
-        # Breakpoints through the very same operations as the points.
-        bp_cell = ((bp - offset) * scale).clamp_(0.0, max_cell).to(torch.int32)
-        bp_per_cell = counts_per_bin(bp_cell, cells)
-        below = bp_per_cell.cumsum(0) - bp_per_cell  # bin of every point of a pure cell
-        mixed = bp_per_cell > 0
-        v = (x - offset).mul_(scale)
-        v = torch.where(mask, v, torch.zeros((), dtype=v.dtype, device=dev)).clamp_(0.0, max_cell)
-        cell = v.to(torch.int32)
-        frac = v.sub_(cell)  # position inside the cell, in [0, 1) (in place: v is not needed)
-        count_c = counts_per_bin(cell, cells)
-        frac_c = counts_per_bin(cell, cells, weights=frac)
-        # Points in a cell that holds a breakpoint: exact bin by comparison with the few
-        # breakpoints of that cell (they are bp[below[c] : below[c] + bp_per_cell[c]]).
-        # Their number and the most breakpoints in one cell: one host read for both.
-        in_mixed = mixed.to(torch.uint8).index_select(0, cell)
-        num_mixed, max_per_cell = torch.stack([in_mixed.sum(), bp_per_cell.max()]).tolist()
-        self.mixed_idx = torch.nonzero_static(in_mixed, size=num_mixed).squeeze(1)
-        self.mixed_x = x.index_select(0, self.mixed_idx)
-        self.mixed_bin = self._resolve(bp, below, bp_per_cell, cell, self.mixed_x, max_per_cell)
-        # Per-bin number of points and Σ (x − off): pure cells by cell, the others exactly.
-        nb = bins.num_bins
-        scale64 = scale.to(torch.float64)
-        self._offset64 = offset.to(torch.float64)
-        cell_index = torch.arange(cells, dtype=torch.float64, device=dev)
-        sum_c = (count_c.to(torch.float64) * cell_index + frac_c) / scale64
-        self.count = torch.zeros(nb, dtype=count_c.dtype, device=dev)
-        self.count.index_add_(0, below, count_c.masked_fill(mixed, 0))
-        self.count += counts_per_bin(self.mixed_bin, nb)
-        self.sum_u = torch.zeros(nb, dtype=torch.float64, device=dev)
-        self.sum_u.index_add_(0, below, sum_c.masked_fill(mixed, 0))
-        self.sum_u += counts_per_bin(
-            self.mixed_bin, nb, weights=self.mixed_x.to(torch.float64) - self._offset64)
-        self._cell_ids = cell
-        self._frac = frac
-        self._below = below
-        self._cell_left = self._offset64 + cell_index / scale64  # x of each cell's left edge
-        self._cell_width = 1.0 / scale64
-
-    def _resolve(self, bp, below, bp_per_cell, cell, mixed_x, max_per_cell: int,
-                 max_compare: int = 8):
-        if max_per_cell > max_compare or mixed_x.numel() == 0:
-            return self.bins.bin_of(mixed_x)
-        mixed_cell = cell.index_select(0, self.mixed_idx)
-        first = below.index_select(0, mixed_cell)
-        count = bp_per_cell.index_select(0, mixed_cell)
-        k = first.clone()
-        last = bp.numel() - 1
-        for m in range(max_per_cell):
-            b = bp.index_select(0, (first + m).clamp_max_(last))
-            k += (mixed_x >= b) & (count > m)
-        return k
-
-    def sums_at_centers(self) -> torch.Tensor:
-        """(A) with unit weights: ``Σ_j H(x_j − c_i)`` over the masked points, float64 (P,)."""
-        return self.bins.sums_at_centers(
-            self.count, self.count.to(torch.float64)[None], self.sum_u[None], shift=self._offset64
-        )[0]
-
-    def evaluate(self, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        """(B): ``α[k] + β[k]·x`` for every masked element, 0 elsewhere; (M,) compute dtype.
-
-        On a pure cell the value is linear in ``frac``: ``value(left edge) + β·width·frac``,
-        both per cell in float64 then cast and packed in one complex table, so one gather and
-        one multiply-add per element, without cancellation. Points of the other cells use their
-        exact bin.
-        """
-        dtype = self._frac.dtype
-        a = alpha.index_select(0, self._below)
-        b = beta.index_select(0, self._below)
-        table = torch.complex((a + b * self._cell_left).to(dtype), (b * self._cell_width).to(dtype))
-        per_point = torch.view_as_real(table.index_select(0, self._cell_ids))
-        out = torch.addcmul(per_point[:, 0], per_point[:, 1], self._frac)
-        exact = alpha.index_select(0, self.mixed_bin) + beta.index_select(0, self.mixed_bin) * (
-            self.mixed_x.to(torch.float64))
-        out.index_put_((self.mixed_idx,), exact.to(dtype))
-        return out
-
-
 def step_sums_over_points(bins: StepBins, x: torch.Tensor, u: Optional[torch.Tensor] = None
                           ) -> torch.Tensor:
     """(A) for a small set of points (e.g. the positives themselves): (K, P) float64.
@@ -402,7 +472,7 @@ def ordered_step_sums(
     For every query q returns, for each of K weightings,
     ``Σ_{p : key_p < key_q} w_p · H(s_p − s_q)``  (``point_minus_query=True``) or
     ``Σ_{p : key_p < key_q} w_p · H(s_q − s_p)``  (``point_minus_query=False``),
-    a 2-D dominance sum (RS Loss needs it for "positives with a lower IoU", spec §2.1–2.2).
+    a 2-D dominance sum (RS Loss needs it for "positives with a lower IoU", paper Eq. 9–10).
 
     Offline divide and conquer over the key order (CDQ), vectorised per level: the events
     (queries, then points at equal keys, so equal keys never count) are sorted by key and padded

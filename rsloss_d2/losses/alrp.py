@@ -1,10 +1,11 @@
 """aLRP Loss (Oksuz et al., NeurIPS 2020), the official algorithm without its loop, + self-balance.
 
-Spec: ``shared/spec/ranking_losses.md`` §3. Values and the identity-update gradient equal those of
-the official per-positive loop (:func:`rsloss_d2.losses.reference.alrp_loss_reference`) up to
-float rounding. Both the positive–negative and the positive–positive sums of the smoothed step
-go through sorted breakpoints and prefix sums (:mod:`._step_sums`), O((P + N) log P); no P×N and
-no P×P matrix is built.
+Values and the identity-update gradient (paper Sec. 4, Eq. 10–12 and Alg. 1; ``aLRPLoss`` in
+``mmdet/models/losses/ranking_losses.py`` of the official aLRPLoss repository) equal those of the
+official per-positive loop (:func:`rsloss_d2.losses.reference.alrp_loss_reference`) up to float
+rounding. Both the positive–negative and the positive–positive sums of the smoothed step go
+through sorted breakpoints and prefix sums (:mod:`._step_sums`), O((P + N) log P) in a fixed,
+small number of batched operations; no P×N and no P×P matrix is built.
 """
 from __future__ import annotations
 
@@ -14,86 +15,99 @@ import torch
 from torch import nn
 
 from ._step_sums import (
-    PointBins,
-    StepBins,
+    breakpoints,
+    centre_tables,
+    constant,
+    evaluate,
+    find_positives,
+    histogram,
     no_autocast,
-    positive_indices,
+    point_bins,
     prepare_inputs,
-    step_sums_over_points,
+    sums_at_centres,
+    table_shape,
+    zero_buffers,
 )
 
 __all__ = ["alrp_loss", "ALRPFunction", "ALRPSelfBalance"]
 
-_ALRP_EPS = 1e-5  # official eps of the "N_FP(i) > eps" test (spec §3.2)
+_ALRP_EPS = 1e-5  # official eps of the "N_FP(i) > eps" test
 
 
 class ALRPFunction(torch.autograd.Function):
     """Autograd Function of the aLRP classification component.
 
-    ``forward(s, t, loc_errors, delta) -> (loss_cls, rank, order)``: ``s``/``t`` flat (M,),
-    ``loc_errors`` (P,) (its values only are used). ``rank`` (P,) and ``order`` (P,) (ascending
-    stable argsort of the positive logits) are non-differentiable. ``backward`` returns the stored
-    identity-update gradient times the upstream gradient of ``loss_cls``, nothing for
-    ``loc_errors`` (spec §3.2).
+    ``forward(s, t, loc_errors, delta, num_positives) -> (loss_cls, rank, order)``: ``s``/``t``
+    flat (M,), ``loc_errors`` (P,) (its values only are used). ``rank`` (P,) and ``order`` (P,)
+    (ascending stable argsort of the positive logits) are non-differentiable. ``backward``
+    returns the stored identity-update gradient times the upstream gradient of ``loss_cls``,
+    nothing for ``loc_errors`` (paper Sec. 4.2).
     """
 
     @staticmethod
-    def forward(ctx, s: torch.Tensor, t: torch.Tensor, loc_errors: torch.Tensor, delta: float):
+    def forward(ctx, s: torch.Tensor, t: torch.Tensor, loc_errors: torch.Tensor, delta: float,
+                num_positives: Optional[int] = None):
         with no_autocast(s.device.type):
-            loss_cls, rank, order, grad = _alrp_forward(s.detach(), t, loc_errors.detach(), delta)
+            loss_cls, rank, order, grad = _alrp_forward(
+                s.detach(), t, loc_errors.detach(), delta, num_positives)
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(rank, order)
+        ctx.set_materialize_grads(False)  # no zero gradients made for rank and order
         return loss_cls, rank, order
 
     @staticmethod
     def backward(ctx, grad_cls, grad_rank, grad_order):
         (grad,) = ctx.saved_tensors
-        return grad * grad_cls, None, None, None
+        return None if grad_cls is None else grad * grad_cls, None, None, None, None
 
 
-def _alrp_forward(s: torch.Tensor, t: torch.Tensor, loc: torch.Tensor, delta: float):
-    pos = t == 1
+def _alrp_forward(s: torch.Tensor, t: torch.Tensor, loc: torch.Tensor, delta: float,
+                  num_positives: Optional[int]):
     neg = t == 0
-    pos_idx = positive_indices("alrp_loss", s, pos)  # the one host read (+ NaN/Inf check)
+    pos_idx, guard = find_positives("alrp_loss", s, t == 1, num_positives)
     num_fg = pos_idx.numel()
     if loc.numel() != num_fg:
         raise ValueError(
             f"alrp_loss: loc_errors has {loc.numel()} entries for {num_fg} positives"
         )
     if num_fg == 0:
-        empty = s.new_zeros(0)
-        return (s.new_zeros(()), empty, torch.zeros(0, dtype=torch.long, device=s.device),
+        zero = s.new_zeros(()) if guard is None else guard
+        return (zero, s.new_zeros(0), torch.zeros(0, dtype=torch.long, device=s.device),
                 torch.zeros_like(s))
-    fg_s = s[pos_idx]
-    loc = loc.to(s.dtype)
-    bins = StepBins(fg_s, delta)
-    negatives = PointBins(bins, s, neg)
-    fp_num = negatives.sums_at_centers()  # float64 (P,)
-    # Positive–positive sums Σ_j H(x_ij) and Σ_j H(x_ij) ℓ_loc(j) in one pass, then the self
-    # term H(0) = 1/2 removed (spec §3.1: j ≠ i; rank⁺ = 1 + Σ_{j≠i} H(x_ij)).
-    loc64 = loc.to(torch.float64)
-    pos_sums = step_sums_over_points(bins, fg_s, torch.stack([torch.ones_like(loc64), loc64]))
-    pos_sum = pos_sums[0] - 0.5
-    loc_sum = pos_sums[1] - 0.5 * loc64
-    fp_num = fp_num.to(s.dtype)
-    rank_pos = 1 + pos_sum.to(s.dtype)
-    rank = rank_pos + fp_num
-    prec = rank_pos / rank
-    step = fp_num > _ALRP_EPS
-    zeros = torch.zeros_like(fp_num)
-    fg_grad = torch.where(step, -(loc_sum.to(s.dtype) + fp_num) / rank, zeros)
-    neg_weight = torch.where(step, -fg_grad / fp_num.clamp_min(_ALRP_EPS), zeros) / num_fg
-    alpha, beta = bins.tables(neg_weight)
-    grad = negatives.evaluate(alpha, beta)
-    grad[pos_idx] = fg_grad / num_fg
-    order = torch.argsort(fg_s, stable=True)
-    return 1 - prec.mean(), rank, order, grad
+    dtype = s.dtype
+    fg_s = s.index_select(0, pos_idx)
+    both, bp, r = breakpoints(fg_s, delta)
+    num_bins = bp.numel() + 1
+    hist, diff = zero_buffers(s.device, (6, num_bins), table_shape(num_bins, delta))
+    k = point_bins(bp, s, neg, sanitize=guard is not None)
+    one = constant(1.0, torch.float64, s.device)
+    points = torch.stack([one.expand(s.numel()), s])
+    # The positives as points too, with weights 1 and ℓ_loc: Σ_j H(x_ij), Σ_j H(x_ij) ℓ_loc(j).
+    positives = torch.stack([one.expand(num_fg), fg_s, loc, loc * fg_s])
+    histogram(num_bins, k, points, torch.searchsorted(bp, fg_s, right=True), positives,
+              out=hist)
+    sums = sums_at_centres(hist, both, r, delta).to(dtype)  # [N_FP, Σ_j H, Σ_j H ℓ_loc] (j ∋ i)
+    fp = sums[0]
+    # rank(i) = rank⁺(i) + N_FP(i) with rank⁺ = 1 + Σ_{j≠i} H(x_ij) (the self term is H(0) = 1/2)
+    rank = torch.add(sums[1], fp).add_(0.5)
+    step = fp > _ALRP_EPS
+    # −g_i = (Σ_{j≠i} H(x_ij) ℓ_loc(j) + N_FP(i)) / rank(i) where N_FP(i) > eps (Eq. 11)
+    pos_grad = torch.add(sums[2], loc, alpha=-0.5).add_(fp).div_(rank).mul_(step)
+    table = centre_tables(pos_grad / fp.clamp_min(_ALRP_EPS), both, r, num_bins, delta,
+                          scale=1.0 / num_fg, out=diff)
+    grad = evaluate(table, k, points[1]).to(dtype)
+    grad.index_add_(0, pos_idx, pos_grad, alpha=-1.0 / num_fg)
+    loss = (fp / rank).mean()  # 1 − mean prec(i)
+    if guard is not None:
+        loss = loss + guard
+    return loss, rank, torch.argsort(fg_s, stable=True), grad
 
 
 def alrp_loss(
-    logits: torch.Tensor, targets: torch.Tensor, loc_errors: torch.Tensor, delta: float = 1.0
+    logits: torch.Tensor, targets: torch.Tensor, loc_errors: torch.Tensor, delta: float = 1.0,
+    num_positives: Optional[int] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """aLRP Loss (spec §3; Oksuz et al. 2020, Eq. 10–12, official identity update).
+    """aLRP Loss (Oksuz et al. 2020, Eq. 10–12, official identity update).
 
     Args:
         logits: any shape; fp16/bf16/fp32 computed in fp32 (also under autocast), fp64 in fp64.
@@ -102,35 +116,39 @@ def alrp_loss(
         loc_errors: (P,) localisation error of every positive (e.g. 1 − GIoU), in the order of
             ``logits.flatten()[targets.flatten() == 1]``.
         delta: δ > 0 of the smoothed step.
+        num_positives: optional number of positives (``(targets == 1).sum()``) as a Python int:
+            nothing is then read back from the device; NaN/Inf logits give NaN instead of
+            raising.
 
     Returns:
         ``(loss_cls, loss_loc)`` scalars in the compute dtype.
-        ``loss_cls`` = 1 − mean prec(i); its gradient (identity update, spec §3.2) goes to
+        ``loss_cls`` = 1 − mean prec(i); its gradient (identity update, Sec. 4.2) goes to
         ``logits`` only and uses the *values* of ``loc_errors``.
         ``loss_loc`` = (1/|P|) Σ_m (Σ_{q≤m} ℓ_loc(π(q))) / rank(π(m)) over the positives sorted by
-        descending logit π (spec §3.3; among equal logits the later one in the flat order comes
+        descending logit π (Eq. 12; among equal logits the later one in the flat order comes
         first, i.e. the reverse of a stable ascending argsort), with detached ranks: ordinary
         autograd, so its gradient goes to ``loc_errors`` only. Without positives both are zeros
         attached to the graph (of ``logits`` and ``loc_errors``) with zero gradient.
 
     Raises:
-        FloatingPointError: NaN/Inf in ``logits``. ValueError: wrong number of ``loc_errors``.
+        FloatingPointError: NaN/Inf in ``logits`` (``num_positives`` not given). ValueError:
+        wrong number of ``loc_errors``.
     """
     if not delta > 0:
         raise ValueError(f"alrp_loss: delta must be > 0, got {delta}")
     with no_autocast(logits.device.type):
         s, t = prepare_inputs("alrp_loss", logits, targets)
         loc = loc_errors.reshape(-1).to(s.dtype)
-        loss_cls, rank, order = ALRPFunction.apply(s, t, loc, float(delta))
+        loss_cls, rank, order = ALRPFunction.apply(s, t, loc, float(delta), num_positives)
         if order.numel() == 0:
             return loss_cls, loc.sum() * 0
         desc = order.flip(0)
-        loss_loc = (torch.cumsum(loc[desc], 0) / rank[desc].detach()).mean()
+        loss_loc = (torch.cumsum(loc[desc], 0) / rank[desc]).mean()
         return loss_cls, loss_loc
 
 
 class ALRPSelfBalance(nn.Module):
-    """Self-balance weight of aLRP Loss (spec §3.4): ``total = L_cls + weight · L_loc``.
+    """Self-balance weight of aLRP Loss (paper Sec. 4.3): ``total = L_cls + weight · L_loc``.
 
     ``weight`` starts at ``init_weight`` (50). Call :meth:`update` once per training iteration
     with the two *unweighted* losses; their detached values are accumulated on the device (no host

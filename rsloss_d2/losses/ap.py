@@ -1,83 +1,108 @@
 """AP Loss (Chen et al., CVPR 2019 / TPAMI 2020), the official algorithm without its loop.
 
-Spec: ``shared/spec/ranking_losses.md`` §4. Values and the identity-update gradient equal those of
-the official per-positive loop with interpolation
+Values and the identity-update gradient with interpolated precision (CVPR paper Sec. 3, Eq. 5–9
+and Alg. 1, the error-driven update; ``APLoss`` in ``mmdet/models/losses/ranking_losses.py`` of
+the official aLRPLoss repository) equal those of the official per-positive loop
 (:func:`rsloss_d2.losses.reference.ap_loss_reference`) up to float rounding. The interpolated
 precision "max over the positives visited so far in ascending logit order" is a cumulative max;
-all sums of the smoothed step go through sorted breakpoints and prefix sums (:mod:`._step_sums`).
+all sums of the smoothed step go through sorted breakpoints and prefix sums (:mod:`._step_sums`),
+a fixed, small number of batched operations.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
 from ._step_sums import (
-    PointBins,
-    StepBins,
+    breakpoints,
+    centre_tables,
+    constant,
+    evaluate,
+    find_positives,
+    histogram,
     no_autocast,
-    positive_indices,
+    point_bins,
     prepare_inputs,
-    step_sums_over_points,
+    sums_at_centres,
+    table_shape,
+    zero_buffers,
 )
 
 __all__ = ["ap_loss", "APLossFunction"]
 
 
 class APLossFunction(torch.autograd.Function):
-    """Autograd Function of AP Loss: ``forward(s, t, delta) -> loss``; backward = stored gradient ×
-    upstream gradient (spec §4.1)."""
+    """Autograd Function of AP Loss: ``forward(s, t, delta, num_positives) -> loss``;
+    backward = stored gradient × upstream gradient."""
 
     @staticmethod
-    def forward(ctx, s: torch.Tensor, t: torch.Tensor, delta: float):
+    def forward(ctx, s: torch.Tensor, t: torch.Tensor, delta: float,
+                num_positives: Optional[int] = None):
         with no_autocast(s.device.type):
-            loss, grad = _ap_forward(s.detach(), t, delta)
+            loss, grad = _ap_forward(s.detach(), t, delta, num_positives)
         ctx.save_for_backward(grad)
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):
         (grad,) = ctx.saved_tensors
-        return grad * grad_out, None, None
+        return grad * grad_out, None, None, None
 
 
-def _ap_forward(s: torch.Tensor, t: torch.Tensor, delta: float):
-    pos = t == 1
+def _ap_forward(s: torch.Tensor, t: torch.Tensor, delta: float, num_positives: Optional[int]):
     neg = t == 0
-    pos_idx = positive_indices("ap_loss", s, pos)  # the one host read (+ NaN/Inf check)
+    pos_idx, guard = find_positives("ap_loss", s, t == 1, num_positives)
     num_fg = pos_idx.numel()
     if num_fg == 0:
-        return s.new_zeros(()), torch.zeros_like(s)
-    fg_s = s[pos_idx]
-    bins = StepBins(fg_s, delta)
-    negatives = PointBins(bins, s, neg)
-    fp_num = negatives.sums_at_centers().to(s.dtype)
-    rank_pos = 1 + (step_sums_over_points(bins, fg_s)[0] - 0.5).to(s.dtype)  # 1 + Σ_{j≠i} H(x_ij)
-    rank = rank_pos + fp_num
+        return (s.new_zeros(()) if guard is None else guard), torch.zeros_like(s)
+    dtype = s.dtype
+    fg_s = s.index_select(0, pos_idx)
+    both, bp, r = breakpoints(fg_s, delta)
+    num_bins = bp.numel() + 1
+    hist, diff = zero_buffers(s.device, (4, num_bins), table_shape(num_bins, delta))
+    k = point_bins(bp, s, neg, sanitize=guard is not None)
+    one = constant(1.0, torch.float64, s.device)
+    points = torch.stack([one.expand(s.numel()), s])
+    positives = torch.stack([one.expand(num_fg), fg_s])
+    histogram(num_bins, k, points, torch.searchsorted(bp, fg_s, right=True), positives,
+              out=hist)
+    sums = sums_at_centres(hist, both, r, delta).to(dtype)  # [N_FP(i), Σ_j H(x_ij)] (j ∋ i)
+    # rank⁺(i) = 1 + Σ_{j≠i} H(x_ij) (the self term is H(0) = 1/2); rank = rank⁺ + N_FP
+    rank_pos = sums[1] + 0.5
+    rank = rank_pos + sums[0]
     prec = rank_pos / rank
-    # Interpolation (spec §4.1): p̂(i) = max prec over the positives up to i in ascending logit
-    # order. Tied logits have identical prec, so the tie order does not matter.
+    # Interpolation: p̂(i) = max prec over the positives up to i in ascending logit order. Tied
+    # logits have identical prec, so the tie order does not matter.
     order = torch.argsort(fg_s, stable=True)
-    interp = torch.empty_like(prec)
-    interp[order] = torch.cummax(prec[order], 0).values
-    # The official loop takes the first branch iff max_prec (before i) ≤ prec(i) ⇔ p̂(i) == prec(i).
-    first_branch = interp == prec
-    scale = torch.where(first_branch, torch.ones_like(prec),
-                        (1 - interp) / torch.where(first_branch, torch.ones_like(prec), 1 - prec))
-    neg_weight = scale / rank / num_fg
-    alpha, beta = bins.tables(neg_weight)
-    grad = negatives.evaluate(alpha, beta)
-    grad[pos_idx] = -(1 - interp) / num_fg
-    return 1 - interp.mean(), grad
+    interp = torch.empty_like(prec).index_copy_(0, order, torch.cummax(prec[order], 0).values)
+    # The official loop takes the first branch iff max_prec (before i) ≤ prec(i) ⇔ p̂(i) == prec(i)
+    # and then passes 1/rank(i) to the negatives, else (1 − p̂(i))/(1 − prec(i)) / rank(i).
+    miss = 1 - torch.stack([interp, prec])
+    factor = torch.where(interp == prec, 1.0, miss[0] / miss[1])
+    table = centre_tables(factor / rank, both, r, num_bins, delta, scale=1.0 / num_fg,
+                          out=diff)
+    grad = evaluate(table, k, points[1]).to(dtype)
+    grad.index_add_(0, pos_idx, miss[0], alpha=-1.0 / num_fg)  # −(1 − p̂(i)) / |P|
+    loss = miss[0].mean()  # 1 − mean p̂(i)
+    if guard is not None:
+        loss = loss + guard
+    return loss, grad
 
 
-def ap_loss(logits: torch.Tensor, targets: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
-    """AP Loss with interpolated precision (spec §4; official identity update / error-driven
-    update of Chen et al.).
+def ap_loss(logits: torch.Tensor, targets: torch.Tensor, delta: float = 1.0,
+            num_positives: Optional[int] = None) -> torch.Tensor:
+    """AP Loss with interpolated precision (Chen et al. 2019, Eq. 5–9; official identity update /
+    error-driven update).
 
     Args:
         logits: any shape; fp16/bf16/fp32 computed in fp32 (also under autocast), fp64 in fp64.
         targets: same number of elements; ``1`` positive, ``0`` negative, anything else (−1)
             ignored.
         delta: δ > 0 of the smoothed step.
+        num_positives: optional number of positives (``(targets == 1).sum()``) as a Python int:
+            nothing is then read back from the device; NaN/Inf logits give NaN instead of
+            raising.
 
     Returns:
         scalar ``1 − mean_i p̂(i)`` in the compute dtype; its gradient is the official one
@@ -85,10 +110,10 @@ def ap_loss(logits: torch.Tensor, targets: torch.Tensor, delta: float = 1.0) -> 
         Without positives: zero attached to the graph with zero gradient.
 
     Raises:
-        FloatingPointError: NaN/Inf in ``logits``.
+        FloatingPointError: NaN/Inf in ``logits`` (``num_positives`` not given).
     """
     if not delta > 0:
         raise ValueError(f"ap_loss: delta must be > 0, got {delta}")
     with no_autocast(logits.device.type):
         s, t = prepare_inputs("ap_loss", logits, targets)
-        return APLossFunction.apply(s, t, float(delta))
+        return APLossFunction.apply(s, t, float(delta), num_positives)

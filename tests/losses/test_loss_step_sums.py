@@ -3,10 +3,15 @@ import pytest
 import torch
 
 from rsloss_d2.losses._step_sums import (
-    PointBins,
     StepBins,
+    breakpoints,
+    centre_tables,
+    evaluate,
+    histogram,
     ordered_step_sums,
+    point_bins,
     step_sums_over_points,
+    sums_at_centres,
 )
 
 
@@ -16,65 +21,71 @@ def _h(x, delta):
     return (x >= 0).double()
 
 
-def _check(centers, points, mask, delta, w, tol=1e-9):
-    bins = StepBins(centers, delta)
-    pb = PointBins(bins, points, mask)
-    h = _h(points[mask][None, :].double() - centers[:, None].double(), delta)  # (P, N) brute force
-    assert (pb.sums_at_centers() - h.sum(1)).abs().max() < tol
-    alpha, beta = bins.tables(w)
-    got = pb.evaluate(alpha, beta)
+def _check(centers, points, mask, delta, w, tol=1e-9, grid=None):
+    """(A) and (B) over the masked points against the brute-force P×N matrix."""
+    both, bp, r = breakpoints(centers, delta)
+    k = point_bins(bp, points, mask, grid=grid)
+    assert torch.equal(k, torch.searchsorted(bp, points, right=True) * mask)  # exact bins
+    nb = bp.numel() + 1
+    src = torch.stack([torch.ones_like(points, dtype=torch.float64), points])
+    got_a = sums_at_centres(histogram(nb, k, src), both, r, delta)[0]
+    h = _h(points[mask][None, :].double() - centers[:, None].double(), delta)  # (P, N)
+    assert (got_a - h.sum(1)).abs().max() < tol
+    got_b = evaluate(centre_tables(w, both, r, nb, delta), k, src[1])
     expected = torch.zeros_like(points, dtype=torch.float64)
     expected[mask] = (w.double()[:, None] * h).sum(0)
-    assert (got.double() - expected).abs().max() < tol
-    assert (got[~mask] == 0).all()
-    return pb
+    assert (got_b - expected).abs().max() < tol
+    assert (got_b[~mask] == 0).all()
+    return k
 
 
+@pytest.mark.parametrize("grid", [False, True])
 @pytest.mark.parametrize("delta", [0.5, 1.0, 0.0, 0.01])
 @pytest.mark.parametrize("seed", range(4))
-def test_random_points(delta, seed):
+def test_random_points(delta, seed, grid):
     g = torch.Generator().manual_seed(seed)
     centers = torch.randn(30 + 20 * seed, generator=g, dtype=torch.float64)
     points = torch.randn(5000, generator=g, dtype=torch.float64) * 2
     mask = torch.rand(5000, generator=g) < 0.9
     w = torch.rand(centers.numel(), generator=g, dtype=torch.float64)
-    _check(centers, points, mask, delta, w)
+    _check(centers, points, mask, delta, w, grid=grid)
 
 
-def test_points_on_breakpoints_and_ties():
+@pytest.mark.parametrize("grid", [False, True])
+def test_points_on_breakpoints_and_ties(grid):
     centers = torch.tensor([0.0, 0.0, 0.25, 1.0, 1.0, 1.0], dtype=torch.float64)
     for delta in [0.5, 0.25, 0.0]:
         pts = torch.cat([centers, centers - delta, centers + delta, torch.arange(-8, 9) * 0.125])
         mask = torch.ones_like(pts, dtype=torch.bool)
         w = torch.arange(1, 7, dtype=torch.float64)
-        pb = _check(centers, pts, mask, delta, w, tol=1e-12)
-        assert pb.mixed_idx.numel() > 0  # the exact (binary-search) path is used
+        _check(centers, pts, mask, delta, w, tol=1e-12, grid=grid)
 
 
-def test_all_points_in_one_cell_and_outliers():
+@pytest.mark.parametrize("grid", [False, True])
+def test_all_points_in_one_cell_and_outliers(grid):
     centers = torch.tensor([0.3], dtype=torch.float64)
     pts = torch.tensor([0.3] * 50 + [0.3 + 1e-9, 0.3 - 1e-9, 1e30, -1e30, 1e300, -5.0],
                        dtype=torch.float64)
     mask = torch.ones_like(pts, dtype=torch.bool)
-    _check(centers, pts, mask, 0.5, torch.tensor([2.0], dtype=torch.float64), tol=1e-12)
-    _check(centers, pts, mask, 0.0, torch.tensor([2.0], dtype=torch.float64), tol=1e-12)
+    for delta in [0.5, 0.0]:
+        _check(centers, pts, mask, delta, torch.tensor([2.0], dtype=torch.float64), tol=1e-12,
+               grid=grid)
 
 
-def test_float32_points():
+@pytest.mark.parametrize("grid", [False, True])
+def test_float32_points(grid):
     g = torch.Generator().manual_seed(3)
     centers = torch.randn(200, generator=g)
     points = torch.randn(100000, generator=g) * 3
     mask = torch.rand(100000, generator=g) < 0.95
     w = torch.rand(200, generator=g) / 200
-    bins = StepBins(centers, 0.5)
-    pb = PointBins(bins, points, mask)
+    both, bp, r = breakpoints(centers, 0.5)
+    k = point_bins(bp, points, mask, grid=grid)
+    assert torch.equal(k, torch.searchsorted(bp, points, right=True) * mask)
+    got = evaluate(centre_tables(w, both, r, bp.numel() + 1, 0.5), k, points.double())
     idx = mask.nonzero().squeeze(1)[:3000]
     h = _h(points[idx][None, :].double() - centers[:, None].double(), 0.5)
-    got = pb.evaluate(*bins.tables(w))
-    assert got.dtype == torch.float32
-    assert (got[idx].double() - (w.double()[:, None] * h).sum(0)).abs().max() < 1e-6
-    # most points are resolved through the grid, only a few by binary search
-    assert pb.mixed_idx.numel() < 0.05 * mask.sum()
+    assert (got[idx] - (w.double()[:, None] * h).sum(0)).abs().max() < 1e-6
 
 
 def test_sums_over_points_weighted():
@@ -86,14 +97,15 @@ def test_sums_over_points_weighted():
     assert torch.allclose(got, (h * u[None, :]).sum(1), atol=1e-14, rtol=0)
 
 
-def test_many_breakpoints_in_one_cell_fallback():
-    """> 8 breakpoints in one grid cell: the exact bins come from a binary search instead."""
+@pytest.mark.parametrize("grid", [False, True])
+def test_many_breakpoints_in_one_cell(grid):
+    """Many (tied or nearly tied) breakpoints in one grid cell: the exact bins still."""
     centers = torch.cat([torch.full((12,), 0.5), torch.tensor([0.5 + 1e-9, 3.0])]).double()
     pts = torch.cat([centers, centers + 0.25, centers - 0.25, torch.linspace(-1, 4, 101)]).double()
     mask = torch.ones_like(pts, dtype=torch.bool)
     w = torch.rand(centers.numel(), generator=torch.Generator().manual_seed(0)).double()
     for delta in [0.25, 0.0]:
-        _check(centers, pts, mask, delta, w, tol=1e-12)
+        _check(centers, pts, mask, delta, w, tol=1e-12, grid=grid)
 
 
 @pytest.mark.parametrize("delta", [0.5, 0.25, 0.0])
