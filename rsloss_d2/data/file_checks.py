@@ -11,7 +11,8 @@ training) only when a DataLoader worker reaches them.
   ``read_image`` does: the file exists and is an image; its size after the EXIF orientation
   (which ``read_image`` applies) is the json's; its mode is one that ``read_image``'s
   ``convert("RGB")`` reads correctly (16-bit and float modes are clipped to 255, i.e. read as
-  nearly white); a JPEG / PNG file is not cut short (no end marker near the end of the file).
+  nearly white); a JPEG / PNG file is not cut short (its end marker is among its last bytes,
+  else the file is decoded once to tell a cut file from one with data appended).
 * :func:`check_image_files` runs the image check over many files in worker processes.
 """
 import multiprocessing
@@ -166,7 +167,8 @@ def rle_counts_problem(counts, height: int, width: int) -> Optional[str]:
 
 
 def _cut_short(f, fmt: str) -> bool:
-    """True if a JPEG / PNG file has no end marker among its last bytes (cut short)."""
+    """True if a JPEG / PNG file has no end marker among its last bytes (cut short, or data
+    appended after the image)."""
     end = {"JPEG": _JPEG_END, "MPO": _JPEG_END, "PNG": _PNG_END}.get(fmt)
     if end is None:
         return False
@@ -228,10 +230,12 @@ def image_file_problem(path: str, height: int, width: int) -> Optional[str]:
                     "read_image converts with convert('RGB') clipping values above 255 (a 16-bit "
                     "image reads as nearly white): convert the file to 8 bits per channel")
         try:
-            if _cut_short(f, fmt):
-                return f"is a truncated {fmt} file (no end marker at its end)"
-        except OSError as e:
-            return f"cannot be read ({e})"
+            if _cut_short(f, fmt):  # or data after the end (e.g. a motion photo's video)
+                f.seek(0)
+                with Image.open(f) as im:
+                    im.load()  # decodes: the slow path, for these files only
+        except Exception as e:
+            return f"is a truncated or corrupt {fmt} file ({type(e).__name__}: {e})"
     return None
 
 
