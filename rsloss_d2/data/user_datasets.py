@@ -39,6 +39,7 @@ modification time and the image folder, so a second run skips reading the json a
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 from collections import defaultdict
@@ -60,6 +61,8 @@ __all__ = [
     "inspect_annotation_file",
     "register_user_dataset",
 ]
+
+logger = logging.getLogger(__name__)
 
 # bumped whenever the checks change, so that older cache entries are not trusted
 CHECK_VERSION = 2
@@ -420,6 +423,9 @@ def _load_coco(summary: DatasetSummary):
                  "category_id": id_map[ann["category_id"]]})
         for record in dicts:
             record["annotations"].extend(by_image.get(record["image_id"], []))
+        logger.info(f"dataset '{name}': the {len(summary.box_only_annotations)} instances "
+                    "without a polygon of 3 points (Detectron2's loader filtered them out) are "
+                    "kept as box-only instances")
     return dicts
 
 
