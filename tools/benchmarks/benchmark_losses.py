@@ -30,12 +30,19 @@ hold, measured in a separate, untimed run:
 The loop's memory is measured over its first 20 iterations: its temporaries do not grow with
 the number of iterations.
 
+``ops`` / ``reads``: operations one forward + backward of ``ours`` dispatches (top-level ATen
+operations of torch.profiler on the CPU, views and metadata not counted) and its host reads
+(``item``, data-dependent sizes such as ``nonzero``), :mod:`rsloss_d2.losses.op_count`; counted on
+the CPU, with the binning of the row's device (on the CPU, inputs of
+``rsloss_d2.losses._step_sums.GRID_MIN_POINTS`` logits or more use the grid). ``focal ops``: the
+same count for the focal loss.
+
 The machine may be shared: times are noisy, the ratios measured side by side less so.
 
 Usage::
 
-    python tools/benchmarks/benchmark_losses.py [--losses rs,alrp,ap] [--repeats 5] [--skip-loop-above 1000]
-                                     [--devices cpu,cuda] [--threads N] [--sizes 100x1e4,...]
+    python tools/benchmarks/benchmark_losses.py [--losses rs,alrp,ap] [--repeats 5]
+        [--skip-loop-above 1000] [--devices cpu,cuda] [--threads N] [--sizes 100x1e4,...]
 """
 from __future__ import annotations
 
@@ -48,7 +55,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
+import rsloss_d2.losses._step_sums as step_sums
 from rsloss_d2.losses import alrp_loss, ap_loss, rank_sort_loss
+from rsloss_d2.losses.op_count import count_host_reads, count_ops
 from rsloss_d2.losses.reference import (
     alrp_loss_reference,
     ap_loss_reference,
@@ -176,6 +185,18 @@ def focal_fn(x: Dict[str, torch.Tensor]) -> Callable[[], None]:
     return run
 
 
+def op_counts(fn: Callable[[], None], device: torch.device, numel: int) -> Tuple[int, int]:
+    """(operations, host reads) of one call of ``fn`` (built on CPU tensors), with the binning
+    of ``device``."""
+    grid_min = step_sums.GRID_MIN_POINTS
+    if device.type != "cpu":
+        step_sums.GRID_MIN_POINTS = numel + 1  # a GPU bins with searchsorted
+    try:
+        return sum(count_ops(fn).values()), sum(count_host_reads(fn).values())
+    finally:
+        step_sums.GRID_MIN_POINTS = grid_min
+
+
 # ----------------------------------------------------------------------------- table
 def _fmt(v: Optional[float], estimated: bool = False, digits: int = 1) -> str:
     if v is None:
@@ -214,7 +235,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         sizes.append((int(float(p)), int(float(n))))
 
     header = ["device", "P", "N", "loss", "loop ms", "ours ms", "focal ms", "loop/ours",
-              "ours/focal", "loop MiB", "ours MiB", "focal MiB"]
+              "ours/focal", "ops", "reads", "focal ops", "loop MiB", "ours MiB", "focal MiB"]
     rows = []
     for device in devices:
         for p, n in sizes:
@@ -222,10 +243,13 @@ def main(argv: Optional[List[str]] = None) -> None:
             focal = focal_fn(x)
             focal_ms = time_ms(focal, device, args.repeats)
             focal_mem = peak_memory_mib(focal, device)
+            x_cpu = {key: value.cpu() for key, value in x.items()}
+            focal_ops, _ = op_counts(focal_fn(x_cpu), device, p + n)
             for loss in losses:
                 ours = ours_fn(loss, x)
                 ours_ms = time_ms(ours, device, args.repeats)
                 ours_mem = peak_memory_mib(ours, device)
+                ops, reads = op_counts(ours_fn(loss, x_cpu), device, p + n)
                 k = p if p <= args.skip_loop_above else args.skip_loop_above
                 loop = loop_fn(loss, x, None if k == p else k)
                 _sync(device)
@@ -240,10 +264,11 @@ def main(argv: Optional[List[str]] = None) -> None:
                     device.type, str(p), f"{n:.0e}".replace("+0", ""), loss,
                     _fmt(loop_ms, est, 0), _fmt(ours_ms, digits=2), _fmt(focal_ms, digits=2),
                     _fmt(loop_ms / ours_ms, est, 0), _fmt(ours_ms / focal_ms, digits=2),
+                    str(ops), str(reads), str(focal_ops),
                     _fmt(loop_mem), _fmt(ours_mem), _fmt(focal_mem),
                 ])
                 print("  done:", " ".join(rows[-1]), flush=True)
-            del x
+            del x, x_cpu
 
     threads = torch.get_num_threads()
     print()
@@ -259,6 +284,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     print("MiB: extra peak memory of one forward+backward (CPU: peak RSS, CUDA: "
           "max_memory_allocated); the loop's is measured over its first 20 iterations "
           "(its temporaries do not grow with the number of iterations).")
+    print("ops / reads: top-level ATen operations (views and metadata not counted) and host "
+          "reads of one forward+backward, counted on the CPU with the row's binning "
+          f"(GPU: searchsorted; CPU from {step_sums.GRID_MIN_POINTS} logits on: the grid).")
 
 
 if __name__ == "__main__":
