@@ -73,14 +73,14 @@ def precision_table(det_cat, det_img, det_rank, det_score, matched, ignored, npi
     start = np.searchsorted(cats, np.arange(K))  # first position of each class
     m = matched[:, :, order]
     keep = ~ignored[:, :, order]
-    fp_count = np.cumsum(~m & keep, axis=2, dtype=np.int64)  # (T, A, D)
+    fp_count = np.cumsum((~m & keep).view(np.uint8), axis=2, dtype=np.int32)  # (T, A, D)
     t_i, a_i, p_i = np.nonzero(m & keep)  # true positives, sorted by (t, a, position)
     k_i = cats[p_i]
     seg = (t_i * A + a_i) * K + k_i  # non-decreasing
     tp = (_ranks_of_sorted(seg) + 1).astype(np.float64)  # TP count within the class
     first = start[k_i]
     fp_before = np.where(first > 0, fp_count[t_i, a_i, np.maximum(first - 1, 0)], 0)
-    fp = (fp_count[t_i, a_i, p_i] - fp_before).astype(np.float64)
+    fp = (fp_count[t_i, a_i, p_i].astype(np.int64) - fp_before).astype(np.float64)
     pr = tp / (fp + tp + np.spacing(1))
     # maximum to the right within each segment
     seg_start = np.searchsorted(seg, np.arange(S + 1))
@@ -89,13 +89,14 @@ def precision_table(det_cat, det_img, det_rank, det_score, matched, ignored, npi
         v = np.where(valid, pr[idx], -1.0)
         env[flat] = np.maximum.accumulate(v[:, ::-1], axis=-1)[:, ::-1][valid]
     # precision at recall r: at the first TP with count >= need (a count of 0 -> the first TP)
-    need = np.maximum(_min_true_positives(npig), 1)  # (K, A, R)
-    n_tp = np.diff(seg_start).reshape(T, A, K)
-    at = seg_start[:-1].reshape(T, A, K)[..., None] + need.transpose(1, 0, 2)[None] - 1
-    hit = need.transpose(1, 0, 2)[None] <= n_tp[..., None]  # (T, A, K, R)
-    val = np.where(hit, env[np.minimum(at, max(len(env) - 1, 0))] if len(env) else 0.0, 0.0)
-    val = np.where((npig.T > 0)[None, :, :, None], val, -1.0)
-    return np.ascontiguousarray(val.transpose(0, 3, 2, 1))  # (T, R, K, A)
+    need = np.maximum(_min_true_positives(npig), 1).transpose(2, 0, 1)[None]  # (1, R, K, A)
+    n_tp = np.diff(seg_start).reshape(T, A, K).transpose(0, 2, 1)[:, None]  # (T, 1, K, A)
+    first = seg_start[:-1].reshape(T, A, K).transpose(0, 2, 1)[:, None]
+    hit = need <= n_tp  # (T, R, K, A)
+    val = np.zeros(hit.shape)
+    if len(env):
+        val = np.where(hit, env[np.minimum(first + need - 1, len(env) - 1)], 0.0)
+    return np.where((npig > 0)[None, None], val, -1.0)
 
 
 def _mean(s):

@@ -9,6 +9,8 @@ four COCO area ranges and returns a `Matching`.
 import json
 import os
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
 
 import numpy as np
 import pycocotools.mask as mask_utils
@@ -57,7 +59,7 @@ def _load_detections(detections):
 
 def _column(dicts, key, what):
     try:
-        return [d[key] for d in dicts]
+        return list(map(itemgetter(key), dicts))
     except KeyError:
         bad = next(i for i, d in enumerate(dicts) if key not in d)
         raise ValueError(f"{what} #{bad} has no '{key}': {dicts[bad]}") from None
@@ -66,10 +68,14 @@ def _column(dicts, key, what):
 
 
 def _boxes(values, what):
-    boxes = np.array(values, dtype=np.float64) if len(values) else np.zeros((0, 4))
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
+    try:
+        four = set(map(len, values)) <= {4}
+    except TypeError:
+        four = False
+    if not four:
         raise ValueError(f"{what} 'bbox' entries must be [x, y, w, h]")
-    return boxes
+    flat = np.fromiter(chain.from_iterable(values), dtype=np.float64, count=4 * len(values))
+    return flat.reshape(len(values), 4)
 
 
 def _to_rle(segm, height, width):
@@ -81,9 +87,24 @@ def _to_rle(segm, height, width):
     return segm
 
 
+def _lookup(values, mapping):
+    """int64 positions of `values` in `mapping` (a dict id -> index), -1 for unknown ids;
+    vectorised for integer ids."""
+    arr = np.asarray(values)
+    if len(values) and arr.dtype.kind in "iu" and arr.ndim == 1 and mapping and all(
+            isinstance(k, int) and not isinstance(k, bool) for k in mapping):
+        keys = np.fromiter(mapping.keys(), dtype=np.int64, count=len(mapping))
+        idx = np.fromiter(mapping.values(), dtype=np.int64, count=len(mapping))
+        o = np.argsort(keys)
+        keys, idx = keys[o], idx[o]
+        pos = np.minimum(np.searchsorted(keys, arr), len(keys) - 1)
+        return np.where(keys[pos] == arr, idx[pos], -1)
+    return np.fromiter((mapping.get(v, -1) for v in values), dtype=np.int64, count=len(values))
+
+
 def _index_of(values, mapping, what, kind):
     """Positions of `values` in `mapping` (a dict id -> index); unknown ids raise."""
-    out = np.fromiter((mapping.get(v, -1) for v in values), dtype=np.int64, count=len(values))
+    out = _lookup(values, mapping)
     if (out < 0).any():
         bad = sorted({values[i] for i in np.nonzero(out < 0)[0]}, key=str)
         raise ValueError(f"{what} reference {kind} ids that are not in the ground truth: "
@@ -141,13 +162,11 @@ class _Data:
                             for a, s in zip(anns, _column(anns, "segmentation", "annotation"))]
 
         # detections: all must refer to known images / categories
-        if dets and not all(isinstance(d, dict) for d in dets):
-            raise TypeError("detections must be dicts in COCO result format")
         raw_img = _column(dets, "image_id", "detection")
         raw_cat = _column(dets, "category_id", "detection")
         _index_of(raw_img, {i: 0 for i in all_img_ids}, "detections", "image")
         self.det_cat = _index_of(raw_cat, cat_index, "detections", "category")
-        self.det_img = np.fromiter((img_index.get(i, -1) for i in raw_img), np.int64, len(dets))
+        self.det_img = _lookup(raw_img, img_index)
         self.det_score = np.array(_column(dets, "score", "detection"), dtype=np.float64)
         self.det_order = np.arange(len(dets))
         self.dets = dets

@@ -8,7 +8,7 @@ false positives, with higher scores for the better boxes.
 """
 import numpy as np
 
-__all__ = ["make_synthetic_coco"]
+__all__ = ["make_synthetic_coco", "make_synthetic_lvis"]
 
 
 def make_synthetic_coco(num_images=100, num_classes=10, dets_per_image=100, seed=0,
@@ -90,3 +90,36 @@ def make_synthetic_coco(num_images=100, num_classes=10, dets_per_image=100, seed
          "bbox": [float(v) for v in box[i]], "score": float(score[i])}
         for i in order]
     return gt, detections
+
+
+def make_synthetic_lvis(num_images=100, num_classes=50, dets_per_image=300, seed=0,
+                        neg_per_image=10, not_exhaustive_frac=0.1, **kwargs):
+    """`make_synthetic_coco` turned into LVIS format: no crowd; the categories in the fewest
+    images are rare, then common, then frequent, in LVIS v1's proportions (337 / 461 / 405 of
+    1,203); each image gets `neg_per_image` random absent
+    categories as `neg_category_ids` and a `not_exhaustive_frac` share of its present ones as
+    `not_exhaustive_category_ids`. Other arguments as `make_synthetic_coco`."""
+    rng = np.random.default_rng(seed + 7919)
+    gt, dets = make_synthetic_coco(num_images=num_images, num_classes=num_classes,
+                                   dets_per_image=dets_per_image, seed=seed, crowd_frac=0.0,
+                                   **kwargs)
+    img = np.array([a["image_id"] for a in gt["annotations"]], dtype=np.int64) - 1
+    cat = np.array([a["category_id"] for a in gt["annotations"]], dtype=np.int64) - 1
+    for a in gt["annotations"]:
+        del a["iscrowd"]
+    present = np.zeros((num_images, num_classes), dtype=bool)
+    present[img, cat] = True
+    rank = np.empty(num_classes, dtype=np.int64)
+    rank[np.argsort(present.sum(0), kind="stable")] = np.arange(num_classes)
+    share = rank / max(num_classes, 1)
+    freq = np.where(share < 337 / 1203, "r", np.where(share < 798 / 1203, "c", "f"))
+    for c, f in zip(gt["categories"], freq):
+        c["frequency"] = str(f)
+    for i, im in enumerate(gt["images"]):
+        pos = np.flatnonzero(present[i])
+        absent = np.flatnonzero(~present[i])
+        neg = rng.choice(absent, size=min(neg_per_image, len(absent)), replace=False)
+        im["neg_category_ids"] = sorted(int(c) + 1 for c in neg)
+        im["not_exhaustive_category_ids"] = [int(c) + 1 for c in pos
+                                             if rng.random() < not_exhaustive_frac]
+    return gt, dets

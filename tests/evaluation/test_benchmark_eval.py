@@ -1,4 +1,5 @@
-"""tools/benchmarks/benchmark_eval.py runs end to end on a small set and agrees with pycocotools."""
+"""tools/benchmarks/benchmark_eval.py runs end to end on small sets and agrees with pycocotools,
+faster-coco-eval and lvis-api."""
 import importlib.util
 import os
 
@@ -10,8 +11,13 @@ def test_benchmark_eval_small(capsys):
         "benchmark_eval", os.path.join(REPO, "tools", "benchmarks", "benchmark_eval.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.main(["--images", "30", "--classes", "4", "--dets", "20", "--check"])
+    mod.main(["--images", "30", "--classes", "4", "--dets", "20", "--check", "--repeat", "1",
+              "--lvis-images", "15", "--lvis-classes", "20", "--lvis-dets", "30"])
     out = capsys.readouterr().out
-    assert "pycocotools COCOeval evaluate()+accumulate()" in out
-    assert "rsloss_d2 compute_olrp" in out
+    for row in ("pycocotools COCOeval: AP", "faster-coco-eval COCOeval_faster (C++): AP",
+                "rsloss_d2 evaluate_coco: AP + oLRP + ranking quality", "lvis-api LVISEval: AP",
+                "rsloss_d2 evaluate_lvis: AP + oLRP + ranking quality"):
+        assert f"| {row}" in out
+    assert "max |difference| of AP..APl with pycocotools = 0, with faster-coco-eval = 0\n" in out
     assert "max |difference| of oLRP (per class and the four area means) = 0\n" in out
+    assert "max |difference| of the AP entries with lvis-api = 0\n" in out
