@@ -12,7 +12,8 @@ and the glue the detection heads need (``utils.py``): :func:`vectorize_labels`,
 ``dice.py``: the per-instance dice loss of SOLO / SOLOv2 (:func:`dice_loss`, :func:`dice_coefficient`).
 Long-tail classification (GOL): :func:`gumbel_activation`, :func:`gumbel_cross_entropy`
 (``gumbel.py``), :func:`drop_loss`, :func:`eql_loss`, :func:`tail_class_mask` (``drop_loss.py``).
-``reference.py`` holds the slow per-positive loops used by the tests and the benchmark.
+``reference.py`` holds the slow per-positive loops used by the tests and the benchmark;
+``op_count.py`` counts the operations and host reads of a call (tests and benchmark).
 """
 from .alrp import ALRPSelfBalance, alrp_loss
 from .ap import ap_loss

@@ -1,7 +1,9 @@
-"""SLOW reference implementations: the official per-positive loop, transcribed from the paper/spec.
+"""SLOW reference implementations: the official per-positive loops, transcribed from the papers.
 
-These functions are NOT meant for training. They follow the official algorithm line by line (see
-``shared/spec/ranking_losses.md`` §2.2, §3.1–3.3, §4.1): loop over the positives in ascending
+These functions are NOT meant for training. They follow the official algorithm line by line
+(the ``forward`` of ``RankSort``, ``aLRPLoss`` and ``APLoss`` in
+``mmdet/models/losses/ranking_losses.py`` of the official RankSortLoss / aLRPLoss repositories; RS Loss paper Sec. 3, aLRP Loss paper
+Sec. 4 and Alg. 1, AP Loss paper Sec. 3 and Alg. 1): loop over the positives in ascending
 order of logit, compare each one with every relevant negative and every positive, and build the
 identity-update gradient as the official ``forward`` does. They are O(P·N) work in P Python
 iterations, exactly the cost the fast implementations in this package avoid.
@@ -26,7 +28,8 @@ __all__ = ["rank_sort_loss_reference", "alrp_loss_reference", "ap_loss_reference
 
 
 def _step(x: torch.Tensor, delta: float) -> torch.Tensor:
-    """Smoothed step H(x) = clamp(x / (2δ) + 0.5, 0, 1) (spec §1.4); hard step 1[x ≥ 0] for δ=0."""
+    """Smoothed step H(x) = clamp(x / (2δ) + 0.5, 0, 1) (RS Loss paper, Eq. 2); δ = 0: the hard
+    step 1[x ≥ 0]."""
     if delta > 0:
         return torch.clamp(x / (2 * delta) + 0.5, min=0, max=1)
     return (x >= 0).to(x.dtype)
@@ -39,7 +42,7 @@ def rank_sort_loss_reference(
     eps: float = 1e-10,
     max_positives: Optional[int] = None,
 ) -> Dict[str, torch.Tensor]:
-    """Official RS Loss forward (spec §2.1–2.2) as a per-positive loop.
+    """Official RS Loss forward (RS Loss paper Sec. 3) as a per-positive loop.
 
     Returns a dict with ``loss_rank``, ``loss_sort`` (scalars) and ``grad`` (flat, same length as
     ``logits.numel()``: the identity-update gradient, already divided by |P|).
@@ -95,7 +98,7 @@ def alrp_loss_reference(
     eps: float = 1e-5,
     max_positives: Optional[int] = None,
 ) -> Dict[str, torch.Tensor]:
-    """Official aLRP Loss (spec §3.1–3.3) as a per-positive loop.
+    """Official aLRP Loss (aLRP Loss paper Sec. 4, Alg. 1) as a per-positive loop.
 
     ``loc_errors``: (P,) localisation errors of the positives, in the order of
     ``logits.flatten()[targets.flatten() == 1]``. Returns ``loss_cls``, ``loss_loc``, ``grad``
@@ -136,7 +139,8 @@ def alrp_loss_reference(
     grad[relevant_bg] = bg_grad
     grad /= num_fg
     loss_cls = 1 - prec.mean()
-    # Localisation component (spec §3.3): positives by descending logit, cumulative error / rank.
+    # Localisation component (aLRP Loss paper, Eq. 12): positives by descending logit,
+    # cumulative error / rank.
     desc = order.flip(0)
     loss_loc = (torch.cumsum(loc[desc], 0) / rank[desc]).mean()
     return {"loss_cls": loss_cls, "loss_loc": loss_loc, "grad": grad, "rank": rank, "order": order}
@@ -148,7 +152,7 @@ def ap_loss_reference(
     delta: float = 1.0,
     max_positives: Optional[int] = None,
 ) -> Dict[str, torch.Tensor]:
-    """Official AP Loss (spec §4.1) as a per-positive loop with interpolation.
+    """Official AP Loss (AP Loss paper Sec. 3, Alg. 1) as a per-positive loop with interpolation.
 
     Returns ``loss`` and ``grad`` (flat identity-update gradient w.r.t. the logits).
     """

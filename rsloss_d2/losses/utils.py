@@ -1,8 +1,10 @@
 """Glue between detection heads and the ranking losses: targets, score weights, task balancing.
 
-Spec: ``shared/spec/ranking_losses.md`` §1.2–1.3 (targets) and §2.5 (score-weighted averaging and
-value-based task balancing of the RS heads). Pure PyTorch, no host synchronisation except where a
-shape depends on data (``vectorize_labels`` with ``ious``).
+Targets as the official heads build them (one-hot class targets, or the IoU of the positives for
+RS Loss), score-weighted averaging and value-based task balancing of the RS heads (RS Loss paper
+Sec. 4; the heads in ``mmdet/models/`` of the official RankSortLoss repository). Pure PyTorch,
+no host synchronisation except where a shape depends on data (``vectorize_labels`` with
+``ious``).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ def vectorize_labels(
     label_weights: Optional[torch.Tensor] = None,
     ious: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Per-prediction class labels → the flat target vector of the ranking losses (spec §1.2–1.3).
+    """Per-prediction class labels → the flat target vector of the ranking losses.
 
     Args:
         labels: (N,) integer labels: ``0 ≤ l < C`` foreground class, ``l ≥ C`` background,
@@ -73,7 +75,8 @@ def vectorize_labels(
 
 
 def positive_score_weights(pos_logits: torch.Tensor) -> torch.Tensor:
-    """Score weights of the positives: ``max_c sigmoid(s_{k,c})`` on detached logits (spec §2.5).
+    """Score weights of the positives: ``max_c sigmoid(s_{k,c})`` on detached logits (RS Loss
+    paper Sec. 4).
 
     Args:
         pos_logits: (P, C) classification logits of the positive predictions (all classes, not
@@ -94,7 +97,8 @@ def positive_score_weights(pos_logits: torch.Tensor) -> torch.Tensor:
 def score_weighted_mean(
     losses: torch.Tensor, weights: torch.Tensor, eps: float = 1e-10
 ) -> torch.Tensor:
-    """``Σ_k w_k ℓ_k / Σ_k w_k`` with the denominator replaced by 1 if ``Σ w < eps`` (spec §2.5).
+    """``Σ_k w_k ℓ_k / Σ_k w_k`` with the denominator replaced by 1 if ``Σ w < eps`` (RS Loss
+    paper Sec. 4).
 
     Args:
         losses: (P,) per-positive losses (or (P, ...), every entry of row k weighted by w_k;
@@ -113,7 +117,8 @@ def score_weighted_mean(
 
 
 def value_balanced(loss: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Value-based task balancing (spec §2.5): ``λ · loss`` with ``λ = reference / loss`` detached.
+    """Value-based task balancing (RS Loss paper Sec. 4): ``λ · loss`` with
+    ``λ = reference / loss`` detached.
 
     The returned value equals ``reference`` (e.g. ``L_rank + L_sort``) while the gradient is
     ``λ ∂loss``; λ is a detached tensor, no ``.item()``/host synchronisation. If ``loss`` is

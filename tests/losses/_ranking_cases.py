@@ -44,8 +44,8 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.detach().reshape(-1).double() - b.detach().reshape(-1).double()).abs().max())
 
 
-# The three worked examples of the spec (§2.4, §3.6, §4.3).
-SPEC_LOGITS = [2.0, -1.0, 0.9, 0.8, -0.2, 1.1, 1.0, -3.0]
-SPEC_RS_TARGETS = [0.9, 0, 0, 0.6, -1, 0.75, 0, 0]
-SPEC_BINARY_TARGETS = [1, 0, 0, 1, -1, 1, 0, 0]
-SPEC_LOC_ERRORS = [0.2, 0.5, 0.3]
+# One small input for hand-checked worked examples of the three losses.
+EXAMPLE_LOGITS = [2.0, -1.0, 0.9, 0.8, -0.2, 1.1, 1.0, -3.0]
+EXAMPLE_RS_TARGETS = [0.9, 0, 0, 0.6, -1, 0.75, 0, 0]
+EXAMPLE_BINARY_TARGETS = [1, 0, 0, 1, -1, 1, 0, 0]
+EXAMPLE_LOC_ERRORS = [0.2, 0.5, 0.3]

@@ -6,9 +6,9 @@ from rsloss_d2.losses import alrp_loss
 from rsloss_d2.losses.reference import alrp_loss_reference
 
 from _ranking_cases import (
-    SPEC_BINARY_TARGETS,
-    SPEC_LOC_ERRORS,
-    SPEC_LOGITS,
+    EXAMPLE_BINARY_TARGETS,
+    EXAMPLE_LOC_ERRORS,
+    EXAMPLE_LOGITS,
     max_abs_diff,
     random_case,
 )
@@ -38,11 +38,11 @@ def _expected_loc_grad(rank, order):
     return out
 
 
-def test_spec_worked_example():
-    """Spec §3.6 (δ = 1)."""
-    s = torch.tensor(SPEC_LOGITS, dtype=torch.float64)
-    t = torch.tensor(SPEC_BINARY_TARGETS, dtype=torch.float64)
-    loc = torch.tensor(SPEC_LOC_ERRORS, dtype=torch.float64)
+def test_worked_example():
+    """Small worked example (δ = 1), hand-checked numbers."""
+    s = torch.tensor(EXAMPLE_LOGITS, dtype=torch.float64)
+    t = torch.tensor(EXAMPLE_BINARY_TARGETS, dtype=torch.float64)
+    loc = torch.tensor(EXAMPLE_LOC_ERRORS, dtype=torch.float64)
     loss_cls, loss_loc, grad, loc_leaf = _fast(s, t, loc, 1.0)
     assert loss_cls.item() == pytest.approx(0.190824, abs=1e-6)
     assert loss_loc.item() == pytest.approx((0.2 / 1.05 + 0.5 / 3.15 + 1.0 / 3.8) / 3, abs=1e-12)
@@ -80,7 +80,8 @@ def test_loc_gradient_goes_to_loc_errors_only(seed):
 
 
 def test_eps_skip():
-    """N_FP(i) ≤ 1e-5 → g_fg[i] = 0 and no negative gets anything from i (spec §3.2)."""
+    """N_FP(i) ≤ 1e-5 → g_fg[i] = 0 and no negative gets anything from i (official aLRPLoss
+    forward)."""
     # positive 0 at 5 with one negative at 4 + 2e-6 (H = 1e-6);
     # positive 1 at 0 with a negative at 0.
     s = torch.tensor([5.0, 0.0, 4.0 + 2e-6, 0.0], dtype=torch.float64)

@@ -5,7 +5,7 @@ import torch
 from rsloss_d2.losses import ap_loss
 from rsloss_d2.losses.reference import ap_loss_reference
 
-from _ranking_cases import SPEC_BINARY_TARGETS, SPEC_LOGITS, max_abs_diff, random_case
+from _ranking_cases import EXAMPLE_BINARY_TARGETS, EXAMPLE_LOGITS, max_abs_diff, random_case
 
 
 def _fast(logits, targets, delta):
@@ -15,10 +15,10 @@ def _fast(logits, targets, delta):
     return loss, x.grad
 
 
-def test_spec_worked_example():
-    """Spec §4.3 (δ = 1)."""
-    s = torch.tensor(SPEC_LOGITS, dtype=torch.float64)
-    t = torch.tensor(SPEC_BINARY_TARGETS, dtype=torch.float64)
+def test_worked_example():
+    """Small worked example (δ = 1), hand-checked numbers."""
+    s = torch.tensor(EXAMPLE_LOGITS, dtype=torch.float64)
+    t = torch.tensor(EXAMPLE_BINARY_TARGETS, dtype=torch.float64)
     loss, grad = _fast(s, t, 1.0)
     assert loss.item() == pytest.approx(0.190824, abs=1e-6)
     assert grad.tolist() == pytest.approx(

@@ -29,7 +29,7 @@ def test_vectorize_labels_basic():
 
 def test_vectorize_labels_ious():
     labels = torch.tensor([1, 2, 0, 2])  # C = 2: rows 0 and 2 are foreground
-    per_fg = torch.tensor([0.7, 0.0])  # IoU 0 → negative for RS Loss (official, spec §1.3)
+    per_fg = torch.tensor([0.7, 0.0])  # IoU 0 → negative for RS Loss (as in the official heads)
     out = vectorize_labels(labels, 2, ious=per_fg).reshape(4, 2)
     assert out.tolist() == [[0, 0.699999988079071], [0, 0], [0, 0], [0, 0]]
     per_row = torch.tensor([0.7, 0.9, 0.55, 0.3], dtype=torch.float64)

@@ -5,7 +5,7 @@ import torch
 from rsloss_d2.losses import rank_sort_loss
 from rsloss_d2.losses.reference import rank_sort_loss_reference
 
-from _ranking_cases import SPEC_LOGITS, SPEC_RS_TARGETS, max_abs_diff, random_case
+from _ranking_cases import EXAMPLE_LOGITS, EXAMPLE_RS_TARGETS, max_abs_diff, random_case
 
 
 def _fast(logits, targets, delta):
@@ -15,10 +15,10 @@ def _fast(logits, targets, delta):
     return loss_rank, loss_sort, x.grad
 
 
-def test_spec_worked_example():
-    """Spec §2.4 (δ = 0.5): values and gradient, hand-checked numbers."""
-    s = torch.tensor(SPEC_LOGITS, dtype=torch.float64)
-    t = torch.tensor(SPEC_RS_TARGETS, dtype=torch.float64)
+def test_worked_example():
+    """Small worked example (δ = 0.5): values and gradient, hand-checked numbers."""
+    s = torch.tensor(EXAMPLE_LOGITS, dtype=torch.float64)
+    t = torch.tensor(EXAMPLE_RS_TARGETS, dtype=torch.float64)
     loss_rank, loss_sort, grad = _fast(s, t, 0.5)
     # Exact fractions: L_rank = (0 + 0.3611… + 0.2916…)/3, L_sort = 0.029411…/3.
     assert loss_rank.item() == pytest.approx((1.3 / 3.6 + 0.7 / 2.4) / 3, abs=1e-12)
@@ -30,9 +30,9 @@ def test_spec_worked_example():
     assert grad[[0, 1, 4, 7]].abs().max() == 0  # positive 0 (top), irrelevant/ignored entries
 
 
-def test_reference_reproduces_spec_example():
-    s = torch.tensor(SPEC_LOGITS, dtype=torch.float64)
-    t = torch.tensor(SPEC_RS_TARGETS, dtype=torch.float64)
+def test_reference_reproduces_worked_example():
+    s = torch.tensor(EXAMPLE_LOGITS, dtype=torch.float64)
+    t = torch.tensor(EXAMPLE_RS_TARGETS, dtype=torch.float64)
     ref = rank_sort_loss_reference(s, t, 0.5)
     assert ref["loss_rank"].item() == pytest.approx(0.217593, abs=1e-6)
     assert ref["grad"].tolist() == pytest.approx(
@@ -82,7 +82,8 @@ def test_delta_zero_hard_step_ties():
 
 
 def test_sort_output_gradient_is_ignored():
-    """Spec §2.3: the full gradient rides on loss_rank; loss_sort's upstream gradient is dropped."""
+    """Official RankSort backward: the full gradient rides on loss_rank; loss_sort's upstream
+    gradient is dropped."""
     logits, targets, delta = random_case(5, binary=False)
     ref = rank_sort_loss_reference(logits, targets, delta)["grad"]
     x = logits.clone().requires_grad_(True)
@@ -113,7 +114,7 @@ def test_sorting_only_example():
 
 
 def test_ranking_eps_skip_keeps_value():
-    """N_FP ≤ 1e-10: no ranking gradient for that positive (spec §2.2), official values."""
+    """N_FP ≤ 1e-10: no ranking gradient for that positive (official RankSort forward)."""
     # Positive 0 (s=5) sees one negative at 4.5 + 1e-12: N_FP(0) = 1e-12 ≤ 1e-10, step skipped.
     # Positive 1 (s=0) sees both negatives (H = 1 and 0.7).
     s = torch.tensor([5.0, 0.0, 4.5 + 1e-12, 0.2], dtype=torch.float64)
