@@ -131,6 +131,21 @@ def _short(value, limit=80):
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+class _Where:
+    """``annotation id N (annotations[i])``, built only when a message needs it."""
+
+    __slots__ = ("index", "ann")
+
+    def __init__(self, index, ann):
+        self.index, self.ann = index, ann
+
+    def __str__(self):
+        ann_id = self.ann.get("id") if isinstance(self.ann, dict) else "?"
+        return f"annotation id {ann_id} (annotations[{self.index}])"
+
+    __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731
+
+
 def _check_segmentation(summary, ann, image, where, rle_strings):
     """The kind of mask of `ann`: "polygon", "rle", "empty" (no polygon / empty dict) or
     "degenerate" (COCO: polygons, all of fewer than 3 points); raises for a malformed one.
@@ -334,8 +349,7 @@ def _inspect_json(name, json_file, image_root):
 
     ann_ids, rle_strings = set(), []
     for i, ann in enumerate(anns):
-        where = f"annotation id {ann.get('id') if isinstance(ann, dict) else '?'} " \
-                f"(annotations[{i}])"
+        where = _Where(i, ann)  # formatted only into an error message
         if not isinstance(ann, dict):
             _fail(summary, f"{where} is not an object")
         if ann.get("id") in ann_ids:

@@ -87,7 +87,8 @@ def main():
     t_make, (path, img_dir) = timed(lambda: make_set(root, args.images))
     cache = os.path.join(root, "cache")
     os.environ["RSLOSS_D2_CACHE_DIR"] = cache
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (load average "
+          f"{os.getloadavg()[0]:.1f} at the start), "
           f"{args.images} images ({os.path.getsize(path) / 1e6:.1f} MB json, written in "
           f"{t_make:.1f} s)")
     t_json, _ = timed(lambda: inspect_annotation_file("bench", path, img_dir, check_images=False))
