@@ -305,6 +305,20 @@ def test_val_set_with_an_extra_category_is_an_error(tiny, tmp_path, eval_only):
     assert "NUM_CLASSES 3" not in str(e.value)  # no advice that loads random heads
 
 
+def test_eval_only_without_the_training_set_does_not_advise_another_num_classes(tiny, tmp_path):
+    """Only the test set given: its count is compared with NUM_CLASSES, and the advice is to
+    keep the weights' number of classes (another value leaves the class predictors random)."""
+    def extra(d):
+        d["categories"].append({"id": 5, "name": "bird"})
+
+    datasets = [_val(tiny, tmp_path, extra)]
+    with pytest.raises(ConfigDataError, match=r"MODEL.ROI_HEADS.NUM_CLASSES is 2 but the test set "
+                       r"'own_val' has 3 categories \(cat, bird, dog\)\. MODEL.ROI_HEADS.NUM_CLASSES "
+                       r"must stay the number of classes the weights were trained with .* give the "
+                       r"training set with --dataset and DATASETS.TRAIN"):
+        _check(tmp_path, datasets, "DATASETS.TEST", "('own_val',)", eval_only=True)
+
+
 def test_subset_of_categories_needs_the_key_and_is_evaluated_on_its_own(tiny, tmp_path):
     from detectron2.structures import Boxes, Instances
 
