@@ -74,6 +74,8 @@ class CheckedCheckpointer(DetectionCheckpointer):
         try:
             return super()._torch_load(f)
         except Exception as e:  # torch / pickle raise several types for a damaged file
+            if intact_checkpoint(f):  # not a damaged file: the error is about something else
+                raise
             raise CheckpointError(unreadable_checkpoint_message(f, e)) from e
 
 

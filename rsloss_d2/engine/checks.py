@@ -46,8 +46,8 @@ __all__ = [
 LOSS_CHOICES = {
     "MODEL.RANKING_RETINANET.LOSS": tuple(RANKING_RETINANET_LOSSES),
     "MODEL.YOLACT.LOSS": tuple(YOLACT_LOSSES),
-    "MODEL.SOLOV2.LOSS.TYPE": tuple(SOLOV2_LOSSES),
-    "MODEL.GOL.CLS_LOSS": tuple(GOL_LOSSES),
+    "MODEL.SOLOV2.LOSS": tuple(SOLOV2_LOSSES),
+    "MODEL.GOL.LOSS": tuple(GOL_LOSSES),
 }
 
 
@@ -138,6 +138,11 @@ def check_weights_file(cfg, eval_only, resume):
         raise ConfigError(f"MODEL.WEIGHTS {weights}: no such file")
 
 
+def _readable(path):
+    """A `torch.save` file that is intact (zip checksums), or loads (legacy format)."""
+    return intact_checkpoint(path) or (not zipfile.is_zipfile(path) and torch_load_ok(path))
+
+
 def check_output_dir(cfg, resume, overwrite, eval_only):
     """Checks OUTPUT_DIR for a training run (module docstring). Returns warning lines; with
     `overwrite`, deletes the earlier run's checkpoints, last_checkpoint and metrics.json."""
@@ -163,7 +168,7 @@ def check_output_dir(cfg, resume, overwrite, eval_only):
             raise ConfigError(unreadable_checkpoint_message(
                 last, FileNotFoundError(f"{os.path.join(out, 'last_checkpoint')} names it, but "
                                         f"it does not exist")))
-        if not (intact_checkpoint(last) or (not zipfile.is_zipfile(last) and torch_load_ok(last))):
+        if not _readable(last):
             raise ConfigError(unreadable_checkpoint_message(last))
         return []
     if os.path.isfile(final):

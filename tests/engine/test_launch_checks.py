@@ -69,10 +69,13 @@ def test_missing_config_file_is_an_error(tmp_path):
 
 
 def test_unknown_loss_name_names_the_key_and_the_choices(tiny_shapes, monkeypatch):
-    with pytest.raises(ConfigError, match=r"^MODEL\.RANKING_RETINANET\.LOSS is 'RSS', which is "
-                                          r"not a loss of this family; choose one of .*'RS'"):
-        _check(["--config-file", ATSS_CONFIG, "MODEL.RANKING_RETINANET.LOSS", "RSS"],
-               tiny_shapes, monkeypatch)
+    key = "MODEL.RANKING_RETINANET.LOSS"
+    with pytest.raises(ConfigError, match=r"^MODEL\.RANKING_RETINANET\.LOSS is 'rank_sortt', "
+                                          r"which is not a loss of this family; choose one of"):
+        _check(["--config-file", ATSS_CONFIG, key, "rank_sortt"], tiny_shapes, monkeypatch)
+    with pytest.raises(ConfigError) as e:
+        _check(["--config-file", ATSS_CONFIG, key, "rank_sortt"], tiny_shapes, monkeypatch)
+    assert all(repr(name) in str(e.value) for name in engine.LOSS_CHOICES[key])
 
 
 def test_loss_table_covers_keys_of_the_config():
@@ -142,6 +145,29 @@ def test_resume_without_a_checkpoint_warns(tiny_shapes, monkeypatch, tmp_path, c
            monkeypatch)
     assert (f"train_net.py: warning: --resume: no checkpoint in OUTPUT_DIR {out} (no "
             f"last_checkpoint file): starting a new run from scratch") in capsys.readouterr().out
+
+
+def test_new_run_over_an_unfinished_one_warns(tiny_shapes, monkeypatch, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    _tiny_model_checkpoint(out / "model_0000004.pth", 4)
+    (out / "last_checkpoint").write_text("model_0000004.pth")
+    _check(["--config-file", QUICK_CONFIG, "OUTPUT_DIR", str(out)], tiny_shapes, monkeypatch)
+    assert (f"train_net.py: warning: OUTPUT_DIR {out} holds checkpoints of an unfinished run "
+            f"(last: model_0000004.pth): starting a new run over it; --resume continues it"
+            ) in capsys.readouterr().out
+
+
+def test_last_checkpoint_naming_a_missing_file(tiny_shapes, monkeypatch, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    _tiny_model_checkpoint(out / "model_0000004.pth", 4)
+    (out / "last_checkpoint").write_text("model_0000009.pth")
+    with pytest.raises(ConfigError, match=rf"^checkpoint {out / 'model_0000009.pth'} cannot be "
+                                          rf"read \(FileNotFoundError: .* The newest intact "
+                                          rf"checkpoint is {out / 'model_0000004.pth'}"):
+        _check(["--config-file", QUICK_CONFIG, "--resume", "OUTPUT_DIR", str(out)], tiny_shapes,
+               monkeypatch)
 
 
 def test_truncated_last_checkpoint_names_the_previous_intact_one(tiny_shapes, monkeypatch,
