@@ -7,11 +7,11 @@ generated set of many tiny images, first without the cache, then from it.
 
 The set (written once to `--root`, default a temporary folder) has tiny JPEG and PNG images
 (16 x 12) and COCO's mix of masks per image: 7 polygons, one compressed RLE, one uncompressed
-RLE crowd region. Timed: `inspect_annotation_file` without the image files (the json checks),
-then with them using 1 worker process and `--workers` (default: the usable CPUs), each with an
-empty cache, then the cached second run. Per-image
-costs scale to a COCO-size set (118k images, 860k annotations) in the last line; real images are
-larger files, but only their headers and last bytes are read.
+RLE crowd region. Timed: the json checks alone (`inspect_annotation_file(...,
+check_images=False)`), the image-file checks alone with 1 process and with `--workers`
+(default: the usable CPUs), the whole first check (empty cache) and the cached second run. The
+last line scales the first check linearly to COCO train (118k images, 860k annotations); real
+images are larger files, but only their headers and last bytes are read.
 """
 import argparse
 import json
@@ -28,7 +28,7 @@ from PIL import Image
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit notices at import
 
-from rsloss_d2.data.file_checks import default_num_workers
+from rsloss_d2.data.file_checks import check_image_files, default_num_workers
 from rsloss_d2.data.user_datasets import inspect_annotation_file
 
 WIDTH, HEIGHT = 16, 12
@@ -91,23 +91,26 @@ def main():
           f"{os.getloadavg()[0]:.1f} at the start), "
           f"{args.images} images ({os.path.getsize(path) / 1e6:.1f} MB json, written in "
           f"{t_make:.1f} s)")
-    t_json, _ = timed(lambda: inspect_annotation_file("bench", path, img_dir, check_images=False))
-    print(f"json checks only (no image files): {t_json:6.2f} s")
-    results = {}
+    t_json, summary = timed(lambda: inspect_annotation_file("bench", path, img_dir,
+                                                            check_images=False))
+    print(f"json checks ({summary.num_annotations} annotations):      {t_json:6.2f} s")
+    with open(path) as f:
+        images = json.load(f)["images"]
+    entries = [(i, os.path.join(img_dir, im["file_name"]), im["height"], im["width"])
+               for i, im in enumerate(images)]
     for workers in sorted({1, args.workers}):
-        shutil.rmtree(cache, ignore_errors=True)
-        t, summary = timed(lambda: inspect_annotation_file("bench", path, img_dir,
-                                                           num_workers=workers))
-        results[workers] = t
-        print(f"first check, {workers} worker process{'es' if workers > 1 else ''}: {t:6.2f} s "
-              f"({summary.num_images} images, {summary.num_annotations} annotations; image "
-              f"files {1e6 * (t - t_json) / summary.num_images:.0f} us per image)")
+        t, problems = timed(lambda: check_image_files(entries, workers))
+        assert not problems, problems[:3]
+        print(f"image files, {workers} process{'es' if workers > 1 else '  '}:           {t:6.2f} s "
+              f"({1e6 * t / len(entries):.0f} us per image)")
+    shutil.rmtree(cache, ignore_errors=True)
+    t_first, _ = timed(lambda: inspect_annotation_file("bench", path, img_dir))
+    print(f"first check (json + image files):    {t_first:6.2f} s")
     t_cached, _ = timed(lambda: inspect_annotation_file("bench", path, img_dir))
-    print(f"second check (cached):             {t_cached:6.3f} s")
-    best = min(results.values())
-    per_image = best / args.images
-    print(f"at this rate a COCO-size set ({COCO_IMAGES} images) takes ~{per_image * COCO_IMAGES:.0f}"
-          f" s the first time (its json alone takes longer to parse), {t_cached:.3f} s after")
+    print(f"second check (cached):               {t_cached:6.3f} s")
+    scale = COCO_IMAGES / args.images
+    print(f"scaled to COCO train ({COCO_IMAGES} images, {COCO_ANNOTATIONS} annotations): "
+          f"~{t_first * scale:.0f} s the first time, {t_cached:.3f} s after")
 
 
 if __name__ == "__main__":
