@@ -1,5 +1,5 @@
 """tools/train_net.py end to end: training + evaluation, --eval-only, --resume, --num-gpus 2 on
-CPU, and clear errors for unknown config keys and missing datasets."""
+CPU, and clear errors for unknown config keys, missing datasets and weights that do not fit."""
 import argparse
 import json
 import os
@@ -192,6 +192,27 @@ def test_failed_final_evaluation_keeps_the_model_and_says_how_to_rerun_it(foreig
     rerun = run_train_net(cmd[2:], str(tmp_path))
     assert "Starting training" not in rerun.stdout
     assert "segm" in parse_copypaste(rerun.stdout)
+
+
+def test_eval_only_with_weights_of_another_model_is_one_error_line(tmp_path):
+    """RS-Mask R-CNN weights evaluated as RS-ATSS: the dense head would be random; the run stops
+    after loading with one line naming the unloaded modules (no table of a random head)."""
+    import torch
+    from detectron2.modeling import build_model
+
+    from rsloss_d2.engine import load_config
+
+    weights = str(tmp_path / "rs_mask_rcnn.pth")
+    model = build_model(load_config(QUICK_CONFIG, ["MODEL.DEVICE", "cpu"]))
+    torch.save({"model": model.state_dict()}, weights)
+    atss = os.path.join(REPO, "configs", "shapes", "rs_atss_R_18_FPN_quick.yaml")
+    proc = run_train_net(["--config-file", atss, "--eval-only", "MODEL.WEIGHTS", weights,
+                          "OUTPUT_DIR", str(tmp_path / "out"), "DATASETS.TEST", "()"],
+                         str(tmp_path), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"train_net.py: error: The weights {weights} do not fit the model:")
+    assert "missing from the file: backbone.top_block, head" in last, last
 
 
 def test_images_per_process_warning():
