@@ -1,10 +1,10 @@
 """SSD-style training augmentation as Detectron2 `Augmentation`s / `Transform`s.
 
-The pipeline of the official YOLACT / RS-YOLACT and aLRP-500 configs (mmdet 2.x
-``PhotoMetricDistortion``, ``Expand``, ``MinIoURandomCrop``, ``Resize`` without keep-ratio;
-spec ``shared/spec/models.md`` §7): every op is a Detectron2 ``Transform`` so that images, boxes
-and instance masks go through the same geometry (``apply_image`` / ``apply_box`` /
-``apply_segmentation``). :class:`SSDDatasetMapper` in ``mapper.py`` strings them together.
+The pipeline of the official YOLACT / RS-YOLACT and aLRP-500 configs (``PhotoMetricDistortion``,
+``Expand``, ``MinIoURandomCrop``, ``Resize`` without keep-ratio, from
+``mmdet/datasets/pipelines/transforms.py`` of mmdetection 2.x): every op is a Detectron2
+``Transform`` so that images, boxes and instance masks go through the same geometry
+(``apply_image`` / ``apply_box`` / ``apply_segmentation``). :class:`SSDDatasetMapper` in ``mapper.py`` strings them together.
 
 Departures from mmdet, on purpose:
 * ``MinIoURandomCrop`` draws the crop's left/top uniformly in ``[0, w − new_w]``; mmdet calls
