@@ -218,13 +218,12 @@ def point_bins(bp: torch.Tensor, s: torch.Tensor, mask: torch.Tensor,
         v.nan_to_num_(nan=0.0)
     cell = v.clamp_(0, num_cells + 3).to(torch.int64)
     per_cell = torch.bincount(cell[m:], minlength=num_cells + 4)
-    # per cell: [breakpoints in the cells below (the bin of a pure cell), breakpoints in it]
-    table = torch.stack([per_cell.cumsum(0) - per_cell, per_cell], 1)
-    found = table.index_select(0, cell[:m])
-    mixed = torch.nonzero(found[:, 1]).squeeze(1)  # CPU only: no device synchronisation
-    found[:, 0].index_copy_(
-        0, mixed, torch.searchsorted(bp, s.index_select(0, mixed), right=True))
-    return found[:, 0].mul(mask)
+    below = per_cell.cumsum(0) - per_cell  # breakpoints in the cells below: a pure cell's bin
+    k = below.index_select(0, cell[:m])
+    # CPU only (no device synchronisation): the points of cells that hold a breakpoint
+    mixed = torch.nonzero((per_cell > 0).index_select(0, cell[:m])).squeeze(1)
+    k.index_copy_(0, mixed, torch.searchsorted(bp, s.index_select(0, mixed), right=True))
+    return k.mul_(mask)
 
 
 def zero_buffers(device: torch.device, *shapes) -> Tuple[torch.Tensor, ...]:

@@ -73,16 +73,16 @@ def _positive_pair_stats(
 
 def _positive_dense_stats(
     fg_s: torch.Tensor, fg_y: torch.Tensor, delta: float
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dense positive–positive sums of RS Loss (paper Eq. 8–10).
 
     Args:
         fg_s: (P,) logits of the positives.  fg_y: (P,) their IoUs in (0, 1].
 
     Returns:
-        ``sums`` (3, P, 2): for j in {y_j ≥ y_i}, {y_j < y_i} and all positives,
-        ``[Σ_j H(s_j − s_i), Σ_j H(s_j − s_i) y_j]`` (self term included), and ``h_low`` (P, P),
-        ``H(s_j − s_i) 1[y_j < y_i]`` (row i, column j).
+        ``Σ_j H(s_j − s_i)`` and ``Σ_j H(s_j − s_i) y_j``, each (3, P): over the j with
+        y_j ≥ y_i, with y_j < y_i and over all positives (self term included), and ``h_low``
+        (P, P), ``H(s_j − s_i) 1[y_j < y_i]`` (row i, column j).
     """
     num = fg_s.numel()
     buf = fg_s.new_empty(3, num, num)  # [H·1[y_j ≥ y_i], H·1[y_j < y_i], H]
@@ -93,8 +93,7 @@ def _positive_dense_stats(
         h.copy_(fg_s[None, :] >= fg_s[:, None])
     torch.mul(h, fg_y[None, :] < fg_y[:, None], out=buf[1])
     torch.sub(h, buf[1], out=buf[0])  # exact: h − h or h − 0
-    ones_y = torch.stack([constant(1.0, fg_s.dtype, fg_s.device).expand(num), fg_y], 1)
-    return torch.matmul(buf, ones_y), buf[1]
+    return buf.sum(2), torch.matmul(buf, fg_y), buf[1]
 
 
 class RankSortFunction(torch.autograd.Function):
@@ -139,9 +138,9 @@ def _rank_sort_forward(s: torch.Tensor, t: torch.Tensor, delta: float,
     points = torch.stack([constant(1.0, torch.float64, s.device).expand(s.numel()), s])
     fp = sums_at_centres(histogram(num_bins, k, points, out=hist), both, r, delta)[0].to(dtype)
     if num_fg <= DENSE_MAX_POSITIVES:
-        sums, h_low = _positive_dense_stats(fg_s, fg_y, delta)
-        ratios = sums[0::2, :, 1] / sums[0::2, :, 0]  # Σ_{A(i)} H y / Σ_{A(i)} H, Σ H y / rank⁺
-        rank_pos, miss = sums[2, :, 0], sums[1, :, 0]  # rank⁺(i), D(i)
+        sums, sums_y, h_low = _positive_dense_stats(fg_s, fg_y, delta)
+        ratios = sums_y[0::2] / sums[0::2]  # Σ_{A(i)} H y / Σ_{A(i)} H, Σ H y / rank⁺
+        rank_pos, miss = sums[2], sums[1]  # rank⁺(i), D(i)
         sort_err = ratios[0] - ratios[1]  # e_S(i) = ℓ_S(i) − ℓ*_S(i)
         received = None
     else:
