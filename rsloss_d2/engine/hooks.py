@@ -3,8 +3,9 @@ from detectron2.engine import HookBase
 
 __all__ = ["StopWithoutPositives"]
 
-# The statistic every ranking head logs when its batch has assigned positives: the mean IoU of
-# the positives' regressed boxes with their objects (not logged when there is no positive).
+# The statistic every RS head logs when its batch has assigned positives (`rpn/`, `fast_rcnn/`,
+# `dense/`, `yolact/`; rsloss_d2.modeling.box_losses.rs_scalars): the mean IoU of the positives'
+# regressed boxes with their objects, i.e. of their sorting targets (not logged without one).
 POSITIVE_IOU_SUFFIX = "/mean_pos_iou"
 
 
@@ -58,7 +59,8 @@ class StopWithoutPositives(HookBase):
             raise FloatingPointError(
                 f"Training diverged at iteration {it}: no positive box overlaps its object in "
                 f"{self.patience} consecutive iterations with objects, "
-                f"{'heads' if len(stopped) > 1 else 'head'} {' and '.join(stopped)}. The box regressor has diverged: every IoU sorting "
-                f"target is 0, so the ranking loss has no positive and every loss is 0. Lower "
+                f"{'heads' if len(stopped) > 1 else 'head'} {' and '.join(stopped)}. The box "
+                f"regressor has diverged: every IoU sorting target is 0, so the ranking loss has "
+                f"no positive and every loss is 0. Lower "
                 f"SOLVER.BASE_LR (or clip gradients: SOLVER.CLIP_GRADIENTS); "
                 f"SOLVER.MAX_ITERS_WITHOUT_POSITIVES 0 turns this check off.")
