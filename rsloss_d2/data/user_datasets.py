@@ -443,6 +443,29 @@ def _load_coco(summary: DatasetSummary):
     return dicts
 
 
+def _json_with_model_categories(summary: DatasetSummary) -> str:
+    """A copy of the summary's json (in :func:`cache_dir`, made once per json version and
+    category list) whose ``categories`` are the model's: the test set's own entries where it has
+    them, ``{"id", "name"}`` for the others; images and annotations unchanged."""
+    key = _cache_key(summary.json_file, summary.image_root)
+    key["model_categories"] = list(zip(summary.model_category_ids, summary.model_category_names))
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path = os.path.join(cache_dir(), f"{digest}_model_categories.json")
+    if os.path.isfile(path):
+        return path
+    with open(summary.json_file) as f:
+        data = json.load(f)
+    own = {c["id"]: c for c in data["categories"]}
+    data["categories"] = [own.get(cid, {"id": cid, "name": name}) for cid, name in
+                          zip(summary.model_category_ids, summary.model_category_names)]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+    return path
+
+
 def register_user_dataset(summary: DatasetSummary) -> None:
     """Register a checked dataset in Detectron2's catalogs (replacing one of the same name).
 
@@ -453,9 +476,10 @@ def register_user_dataset(summary: DatasetSummary) -> None:
     evaluators know the classes without loading the dataset.
 
     A test set evaluated on a subset of the training categories (``model_category_ids`` set)
-    gets the training set's classes and id mapping and no ``json_file``: Detectron2's
-    `COCOEvaluator` then writes the ground truth with all the model's categories, those absent
-    from the test set having no ground truth (AP -1, left out of the means).
+    gets the training set's classes and id mapping, and as ``json_file`` a copy of its json whose
+    ``categories`` are all the model's (:func:`_json_with_model_categories`): the evaluators then
+    map every predicted class to its id, and the categories absent from the test set have no
+    ground truth (AP -1 in COCOeval, left out of the means).
     """
     name = summary.name
     if name in DatasetCatalog.list():
@@ -466,8 +490,9 @@ def register_user_dataset(summary: DatasetSummary) -> None:
         ids, names = summary.model_category_ids, summary.model_category_names
     meta = {"thing_classes": list(names), "image_root": summary.image_root,
             "evaluator_type": summary.format, "user_dataset": True}
-    if not summary.model_category_ids:
-        meta["json_file"] = summary.json_file
+    meta["json_file"] = summary.json_file
+    if summary.model_category_ids:
+        meta["json_file"] = _json_with_model_categories(summary)
     if summary.format == "coco":
         meta["thing_dataset_id_to_contiguous_id"] = {cid: i for i, cid in enumerate(ids)}
         DatasetCatalog.register(name, lambda: _load_coco(summary))

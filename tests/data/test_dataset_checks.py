@@ -337,6 +337,8 @@ def test_subset_of_categories_needs_the_key_and_is_evaluated_on_its_own(tiny, tm
     engine.register_datasets(args)  # as every training process does
     meta = MetadataCatalog.get("own_val")
     assert meta.thing_classes == MetadataCatalog.get("own_train").thing_classes == ["cat", "dog"]
+    with open(meta.json_file) as f:  # the evaluators' ground truth: all the model's categories
+        assert [c["id"] for c in json.load(f)["categories"]] == [3, 9]
     # the model predicts its 'cat' boxes right and a 'dog' box the test set does not have:
     # evaluated on 'cat' only (AP 100), 'dog' has no ground truth
     cfg = engine.build_cfg(args)
