@@ -71,16 +71,19 @@ def precision_table(det_cat, det_img, det_rank, det_score, matched, ignored, npi
     order = np.lexsort((det_rank, det_img, -det_score, det_cat))
     cats = det_cat[order]
     start = np.searchsorted(cats, np.arange(K))  # first position of each class
-    m = matched[:, :, order]
-    keep = ~ignored[:, :, order]
-    fp_count = np.cumsum((~m & keep).view(np.uint8), axis=2, dtype=np.int32)  # (T, A, D)
-    t_i, a_i, p_i = np.nonzero(m & keep)  # true positives, sorted by (t, a, position)
-    k_i = cats[p_i]
-    seg = (t_i * A + a_i) * K + k_i  # non-decreasing
+    parts = []
+    for t in range(T):  # one threshold at a time bounds the memory (A, D) per step
+        m = matched[t][:, order]
+        keep = ~ignored[t][:, order]
+        fp_count = np.cumsum((~m & keep).view(np.uint8), axis=1, dtype=np.int32)  # (A, D)
+        a_i, p_i = np.nonzero(m & keep)  # true positives, sorted by (area range, position)
+        first = start[cats[p_i]]
+        fp_before = np.where(first > 0, fp_count[a_i, np.maximum(first - 1, 0)], 0)
+        parts.append(((t * A + a_i) * K + cats[p_i],
+                      fp_count[a_i, p_i].astype(np.int64) - fp_before))
+    seg = np.concatenate([p[0] for p in parts])  # (threshold, area, class) id, non-decreasing
     tp = (_ranks_of_sorted(seg) + 1).astype(np.float64)  # TP count within the class
-    first = start[k_i]
-    fp_before = np.where(first > 0, fp_count[t_i, a_i, np.maximum(first - 1, 0)], 0)
-    fp = (fp_count[t_i, a_i, p_i].astype(np.int64) - fp_before).astype(np.float64)
+    fp = np.concatenate([p[1] for p in parts]).astype(np.float64)
     pr = tp / (fp + tp + np.spacing(1))
     # maximum to the right within each segment
     seg_start = np.searchsorted(seg, np.arange(S + 1))

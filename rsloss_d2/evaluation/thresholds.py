@@ -1,8 +1,8 @@
 """Class-specific score thresholds from the oLRP evaluation, for the demo / inference path.
 
 The LRP-optimal threshold of a class is the score at which its LRP is minimal on the evaluation
-set (spec `olrp.md` §1, §8: the official README's stated practical use is to deploy a detector
-with these per-class thresholds instead of one global score threshold).
+set (Oksuz et al., TPAMI 2021, Sec. 4; the official LRP-Error README's stated practical use is to
+deploy a detector with these per-class thresholds instead of one global score threshold).
 """
 import json
 

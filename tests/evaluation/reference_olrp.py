@@ -1,5 +1,6 @@
-"""A plain, loop-by-loop reference of the official LRP-Error bookkeeping (spec `olrp.md` §2-§5),
-written for the tests only: per image, per category, per detection, no vectorisation."""
+"""A plain, loop-by-loop reference of the official LRP-Error bookkeeping (its `cocoeval.py` /
+`lvis-api`), written for the tests only: per image, per category, per detection, no
+vectorisation."""
 import math
 
 import numpy as np
@@ -69,7 +70,8 @@ def _match_image(gts, dts, area, iou_type, img, tau, crowd_ok, det_extra_ignore)
 
 
 def _lrp(records, npig, tau):
-    """Spec §2 step 4-7 for one class / area: records = [(score, matched_id, ignored, iou)]."""
+    """The official accumulate() for one class / area; records = [(score, matched_id, ignored,
+    iou)]."""
     if npig == 0:
         return (-1.0, -1.0, -1.0, -1.0, -1.0)
     order = sorted(range(len(records)), key=lambda i: -records[i][0])  # stable

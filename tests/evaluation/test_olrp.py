@@ -1,5 +1,6 @@
-"""compute_olrp: hand-computed cases (spec olrp.md §6 and the §2-§4 branches), and agreement with
-a plain per-detection reference and with pycocotools' own matching on random data."""
+"""compute_olrp: hand-computed cases (a worked example and the matching / accumulation
+branches), and agreement with a plain per-detection reference and with pycocotools' own matching
+on random data."""
 import json
 import math
 
@@ -60,7 +61,7 @@ def assert_matches_reference(res, ref):
         assert_close(pc["threshold"], want[4])
 
 
-# ------------------------------------------------------------------ spec §6 worked example
+# ------------------------------------------------------------------- worked example
 WORKED_GT = make_gt([{"bbox": [0, 0, 10, 10]}, {"bbox": [100, 100, 10, 10]}])
 WORKED_DETS = [det([0, 0, 10, 8], 0.9),      # TP, IoU 0.8
                det([50, 50, 10, 10], 0.8),   # FP

@@ -31,7 +31,7 @@ def _poly(x, y, w, h):
 
 
 def _coco_json(tmp_path, optional_keys=True):
-    """COCO ids 3 and 7 (non-contiguous); spec §6 example for class 3, class 7 never detected.
+    """COCO ids 3 and 7 (non-contiguous); the worked example for class 3, class 7 never detected.
     `optional_keys=False` leaves out "info" and "licenses", as many exporters do."""
     anns = [(1, 1, 3, [0, 0, 10, 10]), (2, 1, 3, [40, 40, 10, 10]), (3, 2, 7, [5, 5, 30, 30])]
     gt = {"info": {}, "licenses": [],

@@ -61,6 +61,15 @@ def test_ties_take_average_ranks():
         3.5, 1.0, 3.5, 2.0]
 
 
+def test_readme_worked_example():
+    """rsloss_d2/evaluation/README.md: A is a false positive, the other five rank to 0.8."""
+    res = ranking_quality(*one_object_per_image([0.3, 0.85, 0.92, 0.60, 0.75, 0.55],
+                                                [0.95, 0.9, 0.8, 0.7, 0.6, 0.5]))
+    assert res["num_tp"] == 5
+    assert res["spearman"] == pytest.approx(0.8)
+    assert math.isnan(res["spearman_class_mean"]) and math.isnan(res["top10_iou"])
+
+
 def test_undefined_cases():
     res = ranking_quality(*one_object_per_image([0.8], [0.5]))
     assert math.isnan(res["spearman"]) and res["num_tp"] == 1

@@ -191,7 +191,8 @@ def run_coco(args):
         for a, sfx in enumerate(("", "_s", "_m", "_l")):
             vals = ref[:, a][ref[:, a] > -1]
             want = float(np.mean(vals) * 100) if len(vals) else math.nan
-            worst = max(worst, abs(want - olrp["oLRP" + sfx]), abs(want - full["olrp"]["oLRP" + sfx]))
+            got = (olrp["oLRP" + sfx], full["olrp"]["oLRP" + sfx])
+            worst = max(worst, *(abs(want - g) for g in got))
         for k, cat in enumerate(e.params.catIds):
             if ref[k, 0] > -1:
                 worst = max(worst, abs(ref[k, 0] * 100 - olrp["per_class"][cat]["oLRP"]))
