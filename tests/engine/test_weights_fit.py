@@ -138,3 +138,22 @@ def test_training_with_weights_of_another_architecture_stops(mask_rcnn_weights, 
     with pytest.raises(WeightsMismatchError) as e:
         trainer.resume_or_load(resume=False)
     assert "head" in _missing_modules(str(e.value))
+
+
+def test_model_zoo_backbone_pkl_is_a_pretrained_start(mask_rcnn_weights, tmp_path):
+    """A Detectron2 model-zoo `.pkl` holding `backbone.bottom_up.*` numpy arrays (the format of
+    `rsloss_d2://ShapesPretrained/R-18-GN.pkl`) starts training; evaluating it does not."""
+    import pickle
+
+    state = torch.load(mask_rcnn_weights)["model"]
+    path = str(tmp_path / "R-18-GN.pkl")
+    with open(path, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in state.items()
+                               if k.startswith("backbone.bottom_up.")},
+                     "__author__": "test", "matching_heuristics": False}, f)
+    model = _model(QUICK_CONFIG)
+    incompatible = _load(model, path)
+    fresh = check_loaded_weights(model, incompatible, path, eval_only=False)
+    assert {"roi_heads", "proposal_generator"} <= set(fresh)
+    with pytest.raises(WeightsMismatchError):
+        check_loaded_weights(model, incompatible, path, eval_only=True)
