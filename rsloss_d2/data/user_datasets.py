@@ -199,7 +199,8 @@ def _image_path(summary, image):
 
 def cache_dir() -> str:
     """Where successful inspections are remembered: ``$RSLOSS_D2_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/rsloss_d2`` (default ``~/.cache/rsloss_d2``), sub-folder ``dataset_checks``."""
+    ``$XDG_CACHE_HOME/rsloss_d2`` (default ``~/.cache/rsloss_d2``), sub-folder
+    ``dataset_checks``."""
     root = os.environ.get("RSLOSS_D2_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
         "rsloss_d2")

@@ -118,8 +118,8 @@ def drop_loss(
         return_ratio: also return the tail ratio (0-dim, NaN without foreground).
 
     Returns:
-        0-dim ``Σ BCE · d / n`` (fp32; fp64 for fp64 logits) (``(loss, ratio)`` with ``return_ratio``); n = 0 gives a
-        zero attached to ``logits``.
+        0-dim ``Σ BCE · d / n``, fp32 (fp64 for fp64 logits); ``(loss, ratio)`` with
+        ``return_ratio``; n = 0 gives a zero attached to ``logits``.
     """
     loss, ratio = _dropped_bce(logits, labels, tail_mask, activation, True, generator,
                                loss_weight)

@@ -115,7 +115,8 @@ def gumbel_cross_entropy(
     weight: torch.Tensor = None,
     avg_factor: float = None,
 ) -> torch.Tensor:
-    """Official ``GumbelCE`` (GOL paper Eq. 7; ``gumbel_ce.py``): clamp, element-wise Gumbel BCE, weights, reduce, clamp.
+    """Official ``GumbelCE`` (GOL paper Eq. 7; ``gumbel_ce.py``): clamp, element-wise Gumbel
+    BCE, weights, reduce, clamp.
 
     ``L = clamp(Σ_{i,k} w_ik · BCE(p(clamp(x_ik, −4, 10)), y_ik) / avg_factor, 0, 20)``;
     with ``avg_factor=None`` the sum is replaced by the mean over all R·K elements (weights

@@ -313,7 +313,8 @@ def test_eval_only_without_the_training_set_does_not_advise_another_num_classes(
 
     datasets = [_val(tiny, tmp_path, extra)]
     with pytest.raises(ConfigDataError, match=r"MODEL.ROI_HEADS.NUM_CLASSES is 2 but the test set "
-                       r"'own_val' has 3 categories \(cat, bird, dog\)\. MODEL.ROI_HEADS.NUM_CLASSES "
+                       r"'own_val' has 3 categories \(cat, bird, dog\)\. "
+                       r"MODEL.ROI_HEADS.NUM_CLASSES "
                        r"must stay the number of classes the weights were trained with .* give the "
                        r"training set with --dataset and DATASETS.TRAIN"):
         _check(tmp_path, datasets, "DATASETS.TEST", "('own_val',)", eval_only=True)

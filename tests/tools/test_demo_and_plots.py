@@ -65,7 +65,8 @@ def test_demo_writes_drawn_pngs_matching_eval_predictions(quick_run, tmp_path):
     with open(res_path) as f:
         eval_dets = [d for d in json.load(f) if d["image_id"] == first_id]
     assert len(eval_dets) == len(pred) > 0
-    assert sorted(d["score"] for d in eval_dets) == pytest.approx(sorted(pred.scores.tolist()), abs=1e-5)
+    assert sorted(d["score"] for d in eval_dets) == pytest.approx(sorted(pred.scores.tolist()),
+                                                                  abs=1e-5)
 
 
 def test_plot_metrics_writes_pngs(quick_run, tmp_path):

@@ -101,7 +101,8 @@ def main():
     for workers in sorted({1, args.workers}):
         t, problems = timed(lambda: check_image_files(entries, workers))
         assert not problems, problems[:3]
-        print(f"image files, {workers} process{'es' if workers > 1 else '  '}:           {t:6.2f} s "
+        label = f"{workers} process{'es' if workers > 1 else '  '}"
+        print(f"image files, {label}:           {t:6.2f} s "
               f"({1e6 * t / len(entries):.0f} us per image)")
     shutil.rmtree(cache, ignore_errors=True)
     t_first, _ = timed(lambda: inspect_annotation_file("bench", path, img_dir))
