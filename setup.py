@@ -19,6 +19,11 @@ setup(
         "tqdm",
         "matplotlib",
     ],
+    extras_require={
+        # tools/deploy: ONNX export and ONNX Runtime (CPU) for exported models; training does not
+        # import them (tools/install.sh installs the versions pinned in constraints.txt)
+        "deploy": ["onnx>=1.16", "onnxruntime>=1.18"],
+    },
     entry_points={
         "console_scripts": [
             "rsloss-make-shapes=rsloss_d2.data.synthetic:main",

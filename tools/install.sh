@@ -4,7 +4,8 @@
 #   bash tools/install.sh            # create/update .venv and install everything
 #
 # Steps: venv -> torch/torchvision -> pinned requirements -> detectron2's Python package taken
-# from the cp310-tagged sal-detectron2 wheel (without its cp310 `_C` binary) -> rsloss_d2 (editable).
+# from the cp310-tagged sal-detectron2 wheel (without its cp310 `_C` binary) -> rsloss_d2 (editable)
+# -> the `deploy` extra (onnx, onnxruntime).
 # Fails loudly on any error and ends by importing detectron2 and rsloss_d2.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -60,6 +61,9 @@ fi
 
 echo "[install] rsloss_d2 (editable)"
 "$VPY" -m pip install -q --no-deps --no-build-isolation -e .
+
+echo "[install] deploy extra: onnx, onnxruntime (tools/deploy; versions from constraints.txt)"
+"$VPY" -m pip install -q -c constraints.txt onnx onnxruntime
 
 "$VPY" -c "import detectron2, rsloss_d2, torch, torchvision; print('[install] ok: detectron2', detectron2.__version__, '| rsloss_d2', rsloss_d2.__version__, '| torch', torch.__version__)"
 echo "[install] done in $(( $(date +%s) - START )) s"
