@@ -94,21 +94,28 @@ def _show(pairs, limit=6):
 
 
 def _category_differences(model, other):
-    """``(extra, missing, renamed)`` of `other`'s categories against `model`'s: by id where
-    both give ids, else by name in class order. `renamed`: ``[(id, model name, other name)]``."""
+    """``(extra, missing, renamed, renumbered)`` of `other`'s categories against `model`'s: by
+    id where both give ids, else by name in class order. `renamed`: ``[(id, model name, other
+    name)]`` (id: the class index without ids); `renumbered`: ``[(name, model id, other id)]``,
+    taken out of `extra` / `missing`."""
     if all(i is not None for i, _ in model + other):
         mine, theirs = dict(model), dict(other)
         extra = [(i, n) for i, n in other if i not in mine]
         missing = [(i, n) for i, n in model if i not in theirs]
         renamed = [(i, mine[i], n) for i, n in other if i in mine and mine[i] != n]
-        return extra, missing, renamed
+        missing_by_name = {n: i for i, n in missing}
+        renumbered = [(n, missing_by_name[n], i) for i, n in extra if n in missing_by_name]
+        moved = {n for n, _, _ in renumbered}
+        extra = [(i, n) for i, n in extra if n not in moved]
+        missing = [(i, n) for i, n in missing if n not in moved]
+        return extra, missing, renamed, renumbered
     mine, theirs = [n for _, n in model], [n for _, n in other]
     extra = [(None, n) for n in theirs if n not in mine]
     missing = [(None, n) for n in mine if n not in theirs]
     renamed = []
     if not extra and not missing and mine != theirs:  # same names in another order
         renamed = [(k, a, b) for k, (a, b) in enumerate(zip(mine, theirs)) if a != b]
-    return extra, missing, renamed
+    return extra, missing, renamed, []
 
 
 def _check_num_classes(cfg, names, role, summaries):
@@ -155,17 +162,17 @@ def _check_test_categories(cfg, summaries, model_set, test_names):
         if other is None:
             continue
         foreign = own_training and not _is_own(name, summaries)
-        extra, missing, renamed = _category_differences(model, other)
-        if not (extra or missing or renamed):
+        extra, missing, renamed, renumbered = _category_differences(model, other)
+        if not (extra or missing or renamed or renumbered):
             if foreign:
                 warnings.append(
                     f"warning: the training set '{model_set}' is your own (--dataset) but the "
                     f"test set '{name}' is not (the config's built-in one?): it is evaluated "
                     f"although it is not your validation data (same categories)")
             continue
-        if (missing and not extra and not renamed and cfg.DATASETS.TEST_CATEGORY_SUBSET
-                and name in summaries and summaries[name].format == "coco"
-                and all(i is not None for i, _ in model)):
+        if (missing and not (extra or renamed or renumbered)
+                and cfg.DATASETS.TEST_CATEGORY_SUBSET and name in summaries
+                and summaries[name].format == "coco" and all(i is not None for i, _ in model)):
             summaries[name].model_category_ids = [i for i, _ in model]
             summaries[name].model_category_names = [n for _, n in model]
             warnings.append(
@@ -179,10 +186,13 @@ def _check_test_categories(cfg, summaries, model_set, test_names):
         if missing:
             parts.append(f"training categories it lacks: {_show(missing)}")
         if renamed:
-            parts.append("a different name for the same " + ("id" if renamed[0][0] is not None
-                         and all(i is not None for i, _ in model + other) else "class") + ": "
+            by_id = all(i is not None for i, _ in model + other)
+            parts.append(f"a different name for the same {'id' if by_id else 'class'}: "
                          + ", ".join(f"{i} '{a}' (training) vs '{b}' (test)"
                                      for i, a, b in renamed[:6]))
+        if renumbered:
+            parts.append("the same name with another id: " + ", ".join(
+                f"'{n}' id {a} (training) vs {b} (test)" for n, a, b in renumbered[:6]))
         advice = []
         if foreign:
             advice.append(f"DATASETS.TEST names '{name}', which is not one of your --dataset "
@@ -193,9 +203,10 @@ def _check_test_categories(cfg, summaries, model_set, test_names):
             if extra:
                 advice.append("remove the extra categories and their annotations from the test "
                               "json, or train on a training set that has them")
-            if renamed:
-                advice.append("give both files the same category ids and names")
-            if missing and not extra and not renamed:
+            if renamed or renumbered:
+                advice.append("give both files the same category ids and names (the evaluation "
+                              "matches predictions to the ground truth by category id)")
+            if missing and not (extra or renamed or renumbered):
                 advice.append("list all training categories in the test json, or set "
                               "DATASETS.TEST_CATEGORY_SUBSET True to evaluate on its categories "
                               "only (COCO-format --dataset test sets)")

@@ -287,8 +287,8 @@ def test_swapped_category_of_the_same_count_is_an_error(tiny, tmp_path):
             a["category_id"] = 4 if a["category_id"] == 3 else a["category_id"]
 
     datasets, opts = _train_and_val(tiny, _val(tiny, tmp_path, shift))
-    with pytest.raises(ConfigDataError, match=r"categories the training set lacks .*: 4 'cat'; "
-                       r"training categories it lacks: 3 'cat'"):
+    with pytest.raises(ConfigDataError, match=r"the same name with another id: 'cat' id 3 "
+                       r"\(training\) vs 4 \(test\)\. give both files the same category ids"):
         _check(tmp_path, datasets, *opts)
 
 
