@@ -143,7 +143,8 @@ class _Where:
         ann_id = self.ann.get("id") if isinstance(self.ann, dict) else "?"
         return f"annotation id {ann_id} (annotations[{self.index}])"
 
-    __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731
+    def __format__(self, spec):
+        return format(str(self), spec)
 
 
 def _check_segmentation(summary, ann, image, where, rle_strings):
