@@ -264,8 +264,7 @@ def check_config_against_data(cfg, summaries: Dict[str, DatasetSummary], eval_on
             f"the training set '{s.name}' ({s.json_file}) has no annotations to train on "
             f"({s.num_images} images, {s.num_annotations} annotations, none of them a non-crowd "
             f"object): training would stop with Detectron2's 'No valid data found' or, with "
-            f"DATALOADER.FILTER_EMPTY_ANNOTATIONS False, run with every loss exactly 0. Check "
-            f"that the annotations' image_id values are the images' ids")
+            f"DATALOADER.FILTER_EMPTY_ANNOTATIONS False, run with every loss exactly 0")
     if cfg.MODEL.MASK_ON:
         for s in train:
             if s.num_without_segmentation:
