@@ -106,7 +106,8 @@ def _index_of(values, mapping, what, kind):
     """Positions of `values` in `mapping` (a dict id -> index); unknown ids raise."""
     out = _lookup(values, mapping)
     if (out < 0).any():
-        bad = sorted({values[i] for i in np.nonzero(out < 0)[0]}, key=str)
+        vals = values.tolist() if isinstance(values, np.ndarray) else values
+        bad = sorted({vals[i] for i in np.nonzero(out < 0)[0]}, key=str)
         raise ValueError(f"{what} reference {kind} ids that are not in the ground truth: "
                          f"{bad[:10]}{' ...' if len(bad) > 10 else ''}")
     return out
@@ -162,8 +163,8 @@ class _Data:
                             for a, s in zip(anns, _column(anns, "segmentation", "annotation"))]
 
         # detections: all must refer to known images / categories
-        raw_img = _column(dets, "image_id", "detection")
-        raw_cat = _column(dets, "category_id", "detection")
+        raw_img = np.asarray(_column(dets, "image_id", "detection"))
+        raw_cat = np.asarray(_column(dets, "category_id", "detection"))
         _index_of(raw_img, {i: 0 for i in all_img_ids}, "detections", "image")
         self.det_cat = _index_of(raw_cat, cat_index, "detections", "category")
         self.det_img = _lookup(raw_img, img_index)

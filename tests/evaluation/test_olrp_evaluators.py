@@ -264,10 +264,13 @@ def test_evaluators_report_ranking_quality_and_equal_ap_either_way(tmp_path, cap
     for impl in ("vectorised", "official"):
         ev = cls(name, distributed=False, output_dir=str(tmp_path / impl), ap_impl=impl)
         with caplog.at_level(logging.INFO):
-            results[impl] = _run(ev, outputs)["bbox"]
+            results[impl] = _run(ev, outputs)
     assert "Ranking quality for bbox" in caplog.text
-    for k, v in results["official"].items():
-        assert results["vectorised"][k] == pytest.approx(v, abs=1e-12, nan_ok=True), k
+    assert set(results["official"]) == set(results["vectorised"])  # masks too for COCO
+    for task, res in results["official"].items():
+        for k, v in res.items():
+            assert results["vectorised"][task][k] == pytest.approx(v, abs=1e-12, nan_ok=True)
+    results = {impl: res["bbox"] for impl, res in results.items()}
     dets = list(itertools.chain(*[instances_to_coco_json(i, k) for k, i in outputs.items()]))
     for d in dets:
         d["category_id"] = mapping[d["category_id"]]
