@@ -38,11 +38,15 @@ the CPU, with the binning of the row's device (on the CPU, inputs of
 same count for the focal loss.
 
 The machine may be shared: times are noisy, the ratios measured side by side less so.
+``--clock cpu`` times with the process's CPU time (all threads summed) instead of the wall clock:
+on a machine whose cores other jobs keep busy it measures the work of each call rather than the
+wait for a core (CPU device only).
 
 Usage::
 
     python tools/benchmarks/benchmark_losses.py [--losses rs,alrp,ap] [--repeats 5]
         [--skip-loop-above 1000] [--devices cpu,cuda] [--threads N] [--sizes 100x1e4,...]
+        [--clock wall|cpu]
 """
 from __future__ import annotations
 
@@ -120,16 +124,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.process_time
+
+
 def time_ms(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
     fn()  # warm-up
     _sync(device)
     times = []
     for _ in range(repeats):
         _sync(device)
-        start = time.perf_counter()
+        start = CLOCK()
         fn()
         _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
+        times.append((CLOCK() - start) * 1e3)
     return statistics.median(times)
 
 
@@ -213,6 +220,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="run the loop over at most this many positives; extrapolate (~)")
     parser.add_argument("--devices", default=None,
                         help="comma list; default: cpu, plus cuda when available")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall clock, or the process's CPU time (CPU device only)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default)")
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help="PxN list, e.g. 100x1e4,1000x1e5")
@@ -220,6 +229,8 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     losses = [s.strip() for s in args.losses.split(",") if s.strip()]
     for name in losses:
         if name not in ("rs", "alrp", "ap"):
@@ -253,10 +264,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                 k = p if p <= args.skip_loop_above else args.skip_loop_above
                 loop = loop_fn(loss, x, None if k == p else k)
                 _sync(device)
-                start = time.perf_counter()
+                start = CLOCK()
                 loop()
                 _sync(device)
-                loop_ms = (time.perf_counter() - start) * 1e3 * p / k
+                loop_ms = (CLOCK() - start) * 1e3 * p / k
                 # its per-iteration temporaries do not grow with the iterations: 20 suffice
                 loop_mem = peak_memory_mib(loop_fn(loss, x, min(k, 20)), device)
                 est = k != p
@@ -273,6 +284,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     threads = torch.get_num_threads()
     print()
     print(f"forward+backward, float32, torch {torch.__version__}, CPU threads {threads}, "
+          f"{'process CPU time' if args.clock == 'cpu' else 'wall clock'}, "
           f"median of {args.repeats} (loop: 1 run); ~ = loop extrapolated from "
           f"{args.skip_loop_above} positives")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
@@ -286,7 +298,8 @@ def main(argv: Optional[List[str]] = None) -> None:
           "(its temporaries do not grow with the number of iterations).")
     print("ops / reads: top-level ATen operations (views and metadata not counted) and host "
           "reads of one forward+backward, counted on the CPU with the row's binning "
-          f"(GPU: searchsorted; CPU from {step_sums.GRID_MIN_POINTS} logits on: the grid).")
+          f"(GPU: searchsorted; CPU from {step_sums.GRID_MIN_POINTS} logits on: the grid, "
+          "whose extra reads are of host memory).")
 
 
 if __name__ == "__main__":
