@@ -176,7 +176,7 @@ def lrp_from_cocoeval(gt, dets, iou_type="bbox", max_dets=100, tau=0.5):
         ev.params.iouThrs = np.array([tau])
         ev.evaluate()
     p = ev.params
-    K, A, n_img = len(p.catIds), len(p.areaRng), len(p.imgIds)
+    A, n_img = len(p.areaRng), len(p.imgIds)
     out = {}
     for k, cat in enumerate(p.catIds):
         out[cat] = []
