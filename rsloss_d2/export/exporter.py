@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
+import warnings
 from typing import Tuple
 
 import torch
@@ -100,7 +102,9 @@ def _trace(adapter, image):
     _sample_check(adapter, image)
     # new shapes must not trigger re-specialisation of the saved graph (Detectron2's tool)
     torch._C._jit_set_bailout_depth(1)
-    return torch.jit.trace(adapter, (image,), check_trace=False)
+    with warnings.catch_warnings():  # the frozen Python values are the ones documented
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return torch.jit.trace(adapter, (image,), check_trace=False)
 
 
 def _script(model):
@@ -111,38 +115,35 @@ def _script(model):
               "pred_boxes": Boxes, "scores": torch.Tensor, "pred_classes": torch.Tensor,
               "pred_masks": torch.Tensor}
     try:
-        return scripting_with_instances(_ScriptableRCNN(model), fields)
+        return scripting_with_instances(_ScriptableRCNN(model).eval(), fields)
     except Exception as e:  # the TorchScript compiler's error names the unsupported code
-        part = _first_unscriptable_part(model, fields)
+        part = _unscriptable_part(model, e)
         raise ExportError(f"{type(model).__name__} cannot be exported with --export-method "
-                          f"scripting: {part} is not TorchScript-compilable ({type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0]}); use --export-method tracing "
-                          "(TorchScript or ONNX)") from e
+                          f"scripting: {part} is not TorchScript-compilable; use --export-method "
+                          "tracing (TorchScript or ONNX)") from e
 
 
 class _ScriptableRCNN(torch.nn.Module):
-    """Detectron2's ``ScriptableAdapter``: one (3, H, W) image → boxes, scores, classes[, mask
-    probabilities]."""
+    """Detectron2's ``ScriptableAdapter`` for one image: (3, H, W) → ``{"pred_boxes",
+    "scores", "pred_classes"[, "pred_masks"]}`` (the fields of the Instances, as Detectron2's
+    scripted models return them)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
-        self.mask_on = bool(getattr(model.roi_heads, "mask_on", False))
 
     def forward(self, image: torch.Tensor):
         inst = self.model.inference([{"image": image}], do_postprocess=False)[0]
         return inst.get_fields()
 
 
-def _first_unscriptable_part(model, fields) -> str:
-    from detectron2.export.torchscript_patch import freeze_training_mode, patch_instances
-
-    with freeze_training_mode(model), patch_instances(fields):
-        for name, child in model.named_children():
-            try:
-                torch.jit.script(child)
-            except Exception:
-                return f"{name} ({type(child).__name__})"
+def _unscriptable_part(model, error: Exception) -> str:
+    """The class the TorchScript compiler stopped in (its error names the compiled method as
+    ``__torch__.<module>.<Class> self``; the innermost frame is the last), else the model."""
+    found = re.findall(r"__torch__\.([\w.]+)\.(\w+) self", str(error))
+    if found:
+        module, cls = found[-1]
+        return f"{cls} ({module})"
     return f"{type(model).__name__}.inference"
 
 
@@ -191,7 +192,9 @@ def _export_onnx(adapter, image, output_dir, names, opset):
     with _atomic_path(path) as tmp:
         # the TorchScript-based exporter (tracing, as Detectron2's tool); torchvision registers
         # its NMS / RoIAlign symbolics for it
-        torch.onnx.export(adapter, (image,), tmp, dynamo=False, opset_version=opset,
-                          input_names=["image"], output_names=list(names),
-                          dynamic_axes=dynamic_axes, do_constant_folding=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(adapter, (image,), tmp, dynamo=False, opset_version=opset,
+                              input_names=["image"], output_names=list(names),
+                              dynamic_axes=dynamic_axes, do_constant_folding=True)
     return path
