@@ -3,9 +3,27 @@
 `add_rsloss_config(cfg)` adds every new key to the cfg it is given (it never edits Detectron2's
 global defaults). Call it before `cfg.merge_from_file(...)`, as `tools/train_net.py` does; an
 unknown key in a yaml or on the command line then fails with Detectron2's usual
-"Non-existent config key" error.
+"Non-existent config key" error, and a renamed key (:data:`RENAMED_KEYS`) with a KeyError that
+names its new key (yacs' renamed-key check, in both `merge_from_file` and `merge_from_list`).
 """
 from detectron2.config import CfgNode as CN
+
+# Keys that were renamed: old key -> new key, or (new key, note). Setting an old key in a yaml
+# or on the command line raises "KeyError: Key <old> was renamed to <new>; please update your
+# config. ..." (no silent alias). Loss names are spelt the same in every family: "rank_sort",
+# "alrp", "ap", "focal_dice", "softmax_ohem", "softmax", "sigmoid", "gumbel", "droploss", "eql".
+RENAMED_KEYS = {
+    "MODEL.GOL.CLS_LOSS": "MODEL.GOL.LOSS",
+    "MODEL.RANKING_RETINANET.DELTA": (
+        "MODEL.RANK_LOSS.ALRP_DELTA",
+        "the δ of AP Loss is MODEL.RANK_LOSS.AP_DELTA; loss names: \"alrp\", \"ap\", "
+        "\"rank_sort\"."),
+    "MODEL.SOLOV2.LOSS.TYPE": "MODEL.SOLOV2.LOSS",
+    "MODEL.SOLOV2.LOSS.FOCAL_ALPHA": "MODEL.SOLOV2.FOCAL_ALPHA",
+    "MODEL.SOLOV2.LOSS.FOCAL_GAMMA": "MODEL.SOLOV2.FOCAL_GAMMA",
+    "MODEL.SOLOV2.LOSS.FOCAL_WEIGHT": "MODEL.SOLOV2.FOCAL_WEIGHT",
+    "MODEL.SOLOV2.LOSS.DICE_WEIGHT": "MODEL.SOLOV2.DICE_WEIGHT",
+}
 
 
 def add_rsloss_config(cfg):
@@ -65,6 +83,10 @@ def add_rsloss_config(cfg):
     _C.MODEL.RANK_LOSS = CN()
     # Smoothing width delta of the step function H used by RS Loss (paper default 0.5).
     _C.MODEL.RANK_LOSS.RS_DELTA = 0.5
+    # delta of the smoothed step of aLRP Loss (official 1.0).
+    _C.MODEL.RANK_LOSS.ALRP_DELTA = 1.0
+    # delta of the smoothed step of AP Loss (official 1.0).
+    _C.MODEL.RANK_LOSS.AP_DELTA = 1.0
 
     # ---------------------------------------------------------------- RS R-CNN heads
     _C.MODEL.RS_RPN = CN()
@@ -101,12 +123,12 @@ def add_rsloss_config(cfg):
     _C.MODEL.FPN_CARAFE.COMPRESSED_CHANNELS = 64
 
     # ---------------------------------------------------------------- GOL / Gumbel (long tail)
-    # (GOLROIHeads, NormedMaskRCNNConvUpsampleHead; shared/spec/gol_lvis.md.)
+    # (GOLROIHeads, NormedMaskRCNNConvUpsampleHead; configs/gol/README.md.)
     _C.MODEL.GOL = CN()
     # Box classification loss of GOLROIHeads: "softmax" (Detectron2 CE over C+1), "sigmoid" (BCE
     # over C+1 one-hot columns, mmdet use_sigmoid), "gumbel" (GumbelCE over C+1), "droploss" /
     # "eql" (C columns, no background; activation below).
-    _C.MODEL.GOL.CLS_LOSS = "gumbel"
+    _C.MODEL.GOL.LOSS = "gumbel"
     # Activation of "droploss" / "eql": "gumbel" (logits clamped to [-4, 10]) or "sigmoid".
     _C.MODEL.GOL.ACTIVATION = "gumbel"
     # Test score activation; "" = the training one (official sigmoid configs use "softmax").
@@ -125,7 +147,7 @@ def add_rsloss_config(cfg):
     # Classifier bias init (Gumbel -2.0; sigmoid / softmax -6.5; DropLoss-sigmoid -6.9).
     _C.MODEL.GOL.CLS_INIT_BIAS = -2.0
     # Box-head fcs and bbox_pred keep PyTorch's nn.Linear default init (side effect of the
-    # official init_cfg on fc_cls, spec §6); False = Detectron2's init.
+    # official init_cfg on fc_cls); False = Detectron2's init.
     _C.MODEL.GOL.TORCH_DEFAULT_FC_INIT = True
     # Temperature of NormedMaskRCNNConvUpsampleHead's NormedConv2d predictor (official 20).
     _C.MODEL.GOL.MASK_NORMED_TEMPERATURE = 20.0
@@ -135,15 +157,16 @@ def add_rsloss_config(cfg):
     # Whether the GT boxes appended to the proposals enter the RS box heads' GIoU loss and λ
     # (True: official). False is a safeguard for from-scratch / short schedules: their box loss is
     # ≈ 0 while the regressor is untrained, so λ = (L_rank + L_sort) / L_box explodes when they are
-    # most of the positives (configs/shapes/README.md, issue 15).
+    # most of the positives (configs/shapes/README.md).
     _C.MODEL.RS_ROI_HEADS.BOX_LOSS_ON_GT_PROPOSALS = True
 
     # ---------------------------------------------------------------- ranking-loss dense detectors
     # (RankingRetinaNet: aLRP / AP-Loss RetinaNet, RS-ATSS, RS-PAA; Detectron2's MODEL.RETINANET
     # keys give classes, head depth / norm, IoU thresholds, box weights and test thresholds.)
     _C.MODEL.RANKING_RETINANET = CN()
-    # Loss: "aLRP" (aLRP Loss + GIoU, self-balance), "AP" (AP Loss + SmoothL1), "RS" (RS Loss).
-    _C.MODEL.RANKING_RETINANET.LOSS = "aLRP"
+    # Loss: "alrp" (aLRP Loss + GIoU, self-balance; delta MODEL.RANK_LOSS.ALRP_DELTA), "ap" (AP
+    # Loss + SmoothL1; MODEL.RANK_LOSS.AP_DELTA), "rank_sort" (RS Loss; MODEL.RANK_LOSS.RS_DELTA).
+    _C.MODEL.RANKING_RETINANET.LOSS = "alrp"
     # Assigner: "max_iou" (MODEL.RETINANET.IOU_THRESHOLDS, mmdet rule), "atss", "paa".
     _C.MODEL.RANKING_RETINANET.ASSIGNER = "max_iou"
     # ATSS: candidates per level per GT (official 9).
@@ -160,8 +183,6 @@ def add_rsloss_config(cfg):
     _C.MODEL.RANKING_RETINANET.SCORE_VOTING = False
     # Score voting: sigma of exp(-(1 - IoU)^2 / sigma) (official 0.025).
     _C.MODEL.RANKING_RETINANET.SCORE_VOTING_SIGMA = 0.025
-    # delta of the smoothed step of aLRP Loss and AP Loss (official 1.0; RS: MODEL.RANK_LOSS).
-    _C.MODEL.RANKING_RETINANET.DELTA = 1.0
     # aLRP self-balance: initial weight of the localisation component (official 50).
     _C.MODEL.RANKING_RETINANET.SELF_BALANCE_INIT = 50.0
     # aLRP self-balance period in iterations; 0 = one epoch, derived from the size of
@@ -259,7 +280,7 @@ def add_rsloss_config(cfg):
     _C.MODEL.YOLACT.MASK_THRESH_TEST = 0.5
 
     # ---------------------------------------------------------------- SOLO / SOLOv2 / RS-SOLOv2
-    # (meta-architecture "SOLOv2"; AdelaiDet's key names where they exist; shared/spec/solo.md)
+    # (meta-architecture "SOLOv2"; AdelaiDet's key names where they exist; configs/solov2/README.md)
     _C.MODEL.SOLOV2 = CN()
     # Number of foreground classes (sigmoid category outputs; COCO 80).
     _C.MODEL.SOLOV2.NUM_CLASSES = 80
@@ -314,13 +335,16 @@ def add_rsloss_config(cfg):
     # Test: Matrix NMS kernel ("gaussian" or "linear") and its sigma.
     _C.MODEL.SOLOV2.NMS_KERNEL = "gaussian"
     _C.MODEL.SOLOV2.NMS_SIGMA = 2.0
-    _C.MODEL.SOLOV2.LOSS = CN()
-    # "focal_dice" (SOLO / SOLOv2) or "rank_sort" (RS-SOLOv2: RS Loss with dice sorting targets,
-    # score-weighted value-balanced dice; delta = MODEL.RANK_LOSS.RS_DELTA).
-    _C.MODEL.SOLOV2.LOSS.TYPE = "focal_dice"
-    # Focal loss of the category branch (alpha, gamma, weight).
-    _C.MODEL.SOLOV2.LOSS.FOCAL_ALPHA = 0.25
-    _C.MODEL.SOLOV2.LOSS.FOCAL_GAMMA = 2.0
-    _C.MODEL.SOLOV2.LOSS.FOCAL_WEIGHT = 1.0
+    # Loss: "focal_dice" (SOLO / SOLOv2) or "rank_sort" (RS-SOLOv2: RS Loss with dice sorting
+    # targets, score-weighted value-balanced dice; delta = MODEL.RANK_LOSS.RS_DELTA).
+    _C.MODEL.SOLOV2.LOSS = "focal_dice"
+    # Focal loss of the category branch (alpha, gamma, weight; focal_dice only).
+    _C.MODEL.SOLOV2.FOCAL_ALPHA = 0.25
+    _C.MODEL.SOLOV2.FOCAL_GAMMA = 2.0
+    _C.MODEL.SOLOV2.FOCAL_WEIGHT = 1.0
     # Weight of the dice loss (focal_dice only; RS-SOLOv2 balances it by value instead).
-    _C.MODEL.SOLOV2.LOSS.DICE_WEIGHT = 3.0
+    _C.MODEL.SOLOV2.DICE_WEIGHT = 3.0
+
+    for old, new in RENAMED_KEYS.items():
+        if not cfg.key_is_renamed(old):  # add_rsloss_config may run twice on one cfg
+            cfg.register_renamed_key(old, *((new,) if isinstance(new, str) else new))

@@ -1,8 +1,9 @@
 """Fast NMS of YOLACT (Bolya et al., ICCV 2019, Sec. 3.4), as the official YOLACT head uses it.
 
-Spec: ``shared/spec/models.md`` §7 (Test). One batched computation over all classes: per class
-the ``top_k`` candidates by that class's score, a (C, k, k) IoU matrix, and a candidate is kept
-if its IoU with every *higher-scored* candidate of the same class is ``≤ iou_threshold`` —
+Official code: ``fast_nms`` in ``mmdet/core/post_processing/bbox_nms.py`` (the YOLACT head of
+the official RankSortLoss repository calls it). One batched computation over all classes: per
+class the ``top_k`` candidates by that class's score, a (C, k, k) IoU matrix, and a candidate is
+kept if its IoU with every *higher-scored* candidate of the same class is ``≤ iou_threshold`` —
 already-suppressed candidates still suppress (that is what makes it "fast": no sequential
 dependence) — and its score is ``> score_threshold``; then the kept (box, class) pairs of all
 classes are sorted by score and the best ``max_num`` are returned.
@@ -11,27 +12,9 @@ from typing import Tuple
 
 import torch
 
-__all__ = ["fast_nms", "pairwise_iou_batched"]
+from .box_iou import pairwise_iou_mmdet
 
-
-def pairwise_iou_batched(boxes: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """IoU of every pair of boxes within each batch entry (mmdet ``bbox_overlaps``, eps 1e-6).
-
-    Args:
-        boxes: (C, K, 4) XYXY boxes.
-
-    Returns:
-        (C, K, K) IoUs.
-    """
-    x1, y1, x2, y2 = boxes.unbind(-1)  # per coordinate: (C, K, K) intermediates only
-    area = (x2 - x1) * (y2 - y1)
-    iw = (torch.minimum(x2[..., :, None], x2[..., None, :])
-          - torch.maximum(x1[..., :, None], x1[..., None, :])).clamp_(min=0)
-    ih = (torch.minimum(y2[..., :, None], y2[..., None, :])
-          - torch.maximum(y1[..., :, None], y1[..., None, :])).clamp_(min=0)
-    inter = iw.mul_(ih)
-    union = (area[..., :, None] + area[..., None, :]).sub_(inter).clamp_(min=eps)
-    return inter.div_(union)
+__all__ = ["fast_nms"]
 
 
 def fast_nms(
@@ -72,7 +55,7 @@ def fast_nms(
     k = int((cls_scores > score_threshold).sum(dim=1).max())
     cls_scores, idx = cls_scores[:, :k], idx[:, :k]
     cand = boxes[idx.reshape(-1)].reshape(num_classes, k, 4)
-    iou = pairwise_iou_batched(cand).triu_(diagonal=1)  # [c, i, j]: i scored above j
+    iou = pairwise_iou_mmdet(cand, cand).triu_(diagonal=1)  # [c, i, j]: i scored above j
     iou_max = iou.max(dim=1).values if k else cls_scores  # (C, k): max IoU with higher-scored
     keep = (iou_max <= iou_threshold) & (cls_scores > score_threshold)
     classes = torch.arange(num_classes, device=boxes.device)[:, None].expand_as(keep)[keep]

@@ -1,6 +1,6 @@
 """Matrix NMS of SOLOv2 (Wang et al., NeurIPS 2020, Sec. 4 and Fig. 4), one batched computation.
 
-Spec: ``shared/spec/solo.md`` §7 (official ``mmdet/core/post_processing/matrix_nms.py``).
+SOLOv2 Sec. 3.3 (official ``mmdet/core/post_processing/matrix_nms.py`` of the SOLO repository).
 Memory is O(N·H·W + N²) for N masks of H×W: the caller bounds N by ``nms_pre`` and H×W by the
 mask resolution (the SOLOv2 head runs it on stride-4 masks of at most ``nms_pre`` candidates).
 """

@@ -1,5 +1,5 @@
 """Normalised ("normed") linear and 1×1 conv predictors of the GOL configs
-(``mmdet/models/utils/normed_predictor.py``; ``shared/spec/gol_lvis.md`` §5).
+(``mmdet/models/utils/normed_predictor.py``, as GOL's official configs use it).
 
 Both compute a scaled cosine similarity plus a bias:
 

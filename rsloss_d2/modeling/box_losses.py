@@ -1,21 +1,22 @@
 """Box losses of the RS heads and the RS + GIoU + task-balancing recipe they all share.
 
-Spec: ``shared/spec/ranking_losses.md`` §1.3 (IoU sorting targets), §2.5 (score-weighted
-regression, value-based task balancing), §2.6 (GIoU on decoded boxes) and §5 (per-head summary);
-``shared/spec/models.md`` §1, §2, §5.
+RS Loss paper (Oksuz et al., ICCV 2021): IoU sorting targets, score-weighted regression and
+value-based task balancing (Sec. 4), GIoU on decoded boxes; official heads ``RankBased*`` of the
+RankSortLoss repository.
 
 :func:`rs_detection_losses` is the one place where the RS RPN, the RS R-CNN box predictor and the
 RS Cascade stages turn (logits, labels, decoded positive boxes) into
 ``(L_rank, L_sort, λ·L_box)``; the heads only differ in how they decode boxes and name the losses.
-Everything is computed over the predictions of the **per-process** batch (RS Loss ranks the
-examples of the images this process sees; nothing is gathered across GPUs).
+Everything is computed over the predictions of the per-process batch (README "Several GPUs").
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Dict, Optional, Union
 
 import torch
 
+from rsloss_d2.layers.box_iou import box_overlaps
 from rsloss_d2.losses import (
     balancing_lambda,
     positive_score_weights,
@@ -29,23 +30,21 @@ __all__ = [
     "giou_loss",
     "foreground_indices",
     "RSDetectionLosses",
+    "Statistic",
     "rs_detection_losses",
+    "rs_mask_scalars",
+    "rs_scalars",
 ]
 
-_SCORE_WEIGHT_EPS = 1e-10  # denominator guard of the RPN / R-CNN / mask heads (spec §2.5)
+_SCORE_WEIGHT_EPS = 1e-10  # denominator guard of the RPN / R-CNN / mask heads (official)
 
 
 def _aligned_overlaps(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float):
-    """Intersection, union and enclosing-box area of aligned XYXY boxes, all (P,), fp32+."""
+    """Intersection and union (:func:`rsloss_d2.layers.box_iou.box_overlaps`) and enclosing-box
+    area of aligned XYXY boxes, all (P,), fp32+."""
     dtype = torch.float64 if boxes1.dtype == torch.float64 else torch.float32
     b1, b2 = boxes1.to(dtype), boxes2.to(dtype)
-    area1 = (b1[:, 2] - b1[:, 0]) * (b1[:, 3] - b1[:, 1])
-    area2 = (b2[:, 2] - b2[:, 0]) * (b2[:, 3] - b2[:, 1])
-    lt = torch.max(b1[:, :2], b2[:, :2])
-    rb = torch.min(b1[:, 2:], b2[:, 2:])
-    wh = (rb - lt).clamp(min=0)
-    overlap = wh[:, 0] * wh[:, 1]
-    union = (area1 + area2 - overlap).clamp(min=eps)
+    overlap, union = box_overlaps(b1, b2, eps)
     enclose_wh = (torch.max(b1[:, 2:], b2[:, 2:]) - torch.min(b1[:, :2], b2[:, :2])).clamp(min=0)
     enclose = (enclose_wh[:, 0] * enclose_wh[:, 1]).clamp(min=eps)
     return overlap, union, enclose
@@ -95,7 +94,7 @@ def foreground_indices(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 class RSDetectionLosses:
     """What :func:`rs_detection_losses` returns (all scalars are 0-dim tensors)."""
 
-    loss_rank: torch.Tensor  # L_rank, carries the whole RS gradient (spec §2.3)
+    loss_rank: torch.Tensor  # L_rank, carries the whole RS gradient (RS paper Alg. 1)
     loss_sort: torch.Tensor  # L_sort (its gradient is ignored by RS Loss, as officially)
     loss_box: torch.Tensor  # λ · L_box: value L_rank + L_sort, gradient λ ∂L_box
     loss_box_unbalanced: torch.Tensor  # L_box = Σ w_k GIoU-loss_k / Σ w_k (detached, for logging)
@@ -103,6 +102,33 @@ class RSDetectionLosses:
     score_weights: torch.Tensor  # (P,) detached max-sigmoid scores of the positives
     ious: torch.Tensor  # (P,) sorting targets: IoU(detached decoded pred, GT)
     num_pos: int  # P, positives of this process's batch
+
+
+Statistic = Optional[Union[torch.Tensor, float, int]]  # a logged value; None = undefined here
+
+
+def rs_scalars(out: RSDetectionLosses, num_images: int) -> Dict[str, Statistic]:
+    """The statistics of :func:`rs_detection_losses` under the names every family logs.
+
+    ``num_pos`` (positives per image), ``lambda_bbox`` (λ), ``loss_bbox_unbalanced`` (L_box
+    before λ) and ``mean_pos_iou`` (mean IoU sorting target; ``None`` without positives), so that
+    ``rpn/``, ``fast_rcnn/``, ``dense/`` and ``yolact/`` curves compare side by side.
+
+    Args:
+        out: the recipe's result. num_images: images of the per-process batch.
+    """
+    return {
+        "num_pos": out.num_pos / num_images,
+        "lambda_bbox": out.box_lambda,
+        "loss_bbox_unbalanced": out.loss_box_unbalanced,
+        "mean_pos_iou": out.ious.mean() if out.num_pos > 0 else None,
+    }
+
+
+def rs_mask_scalars(loss_unbalanced: Statistic, lam: Statistic) -> Dict[str, Statistic]:
+    """A value-balanced mask loss under the names every family logs: ``lambda_mask`` (λ_mask)
+    and ``loss_mask_unbalanced`` (the score-weighted dice loss before λ_mask)."""
+    return {"lambda_mask": lam, "loss_mask_unbalanced": loss_unbalanced}
 
 
 def rs_detection_losses(
@@ -113,12 +139,12 @@ def rs_detection_losses(
     delta: float = 0.5,
     box_loss_mask: "torch.Tensor | None" = None,
 ) -> RSDetectionLosses:
-    """RS Loss with IoU sorting targets + score-weighted, value-balanced GIoU loss (spec §2.5).
+    """RS Loss with IoU sorting targets + score-weighted, value-balanced GIoU loss (Sec. 4).
 
     The recipe shared by the RS RPN (C = 1), the RS R-CNN box head and each RS Cascade stage:
 
     1. positives P = rows with ``0 ≤ labels < C``; sorting target of positive k =
-       ``IoU(detached decoded prediction_k, GT_k)`` (ranking_losses.md §1.3);
+       ``IoU(detached decoded prediction_k, GT_k)`` (RS paper Sec. 3);
     2. targets = :func:`vectorize_labels` (IoU at ``(k, l_k)``, 0 elsewhere, whole row −1 for
        ignored rows); a positive with IoU exactly 0 therefore counts as a negative (official);
     3. ``L_rank, L_sort = rank_sort_loss(logits, targets, delta)`` over all R·C entries;
@@ -128,7 +154,7 @@ def rs_detection_losses(
 
     Without positives (no GT, or no prediction close enough) the three losses are zeros attached
     to the graph of ``logits`` / ``pos_pred_boxes`` (zero gradients, no NaN). The official heads
-    return the constant ``x.sum()*0 + 1`` there (spec §5): same (zero) gradient, only the logged
+    return the constant ``x.sum()*0 + 1`` there: same (zero) gradient, only the logged
     value differs; 0 is used here so that logged totals are not inflated (STYLE.md).
 
     Args:

@@ -1,4 +1,4 @@
-"""Fast NMS (YOLACT Sec. 3.4, spec models.md §7) against a straightforward per-class loop."""
+"""Fast NMS (YOLACT Sec. 3.4, mmdet ``fast_nms``) against a straightforward per-class loop."""
 import torch
 
 from rsloss_d2.layers import fast_nms
@@ -14,7 +14,7 @@ def _iou(a, b):
 
 
 def reference_fast_nms(boxes, scores, score_thr, iou_thr, top_k, max_num=-1):
-    """Written from the paper / spec: per class, the top_k candidates by score; candidate j is
+    """Written from the paper / mmdet: per class, the top_k candidates by score; candidate j is
     kept iff IoU(j, i) <= iou_thr for every candidate i ranked above j (suppressed or not) and
     its score > score_thr; then all kept (row, class) pairs by descending score, max_num."""
     b = boxes.tolist()

@@ -56,7 +56,7 @@ def test_config_loads_and_builds(path):
         assert model.assigner == ("paa" if "paa" in name else "atss")
         assert list(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS) == [[1.0]]
     if "rs_" in name:  # RS-ATSS / RS-PAA: GN tower, level scales, P6 on P5, 3 anchors
-        assert model.loss_type == "RS" and anchors == 3
+        assert model.loss == "rank_sort" and anchors == 3
         assert model.head.scales is not None and cfg.MODEL.RETINANET.NORM == "GN"
         assert c.P6_IN_FEATURE == "p5" and p6_input == cfg.MODEL.FPN.OUT_CHANNELS
         assert cfg.MODEL.RETINANET.NMS_THRESH_TEST == 0.6
@@ -64,7 +64,7 @@ def test_config_loads_and_builds(path):
     else:  # aLRP / AP RetinaNets: plain head (GN on shapes only), P6 from C5
         assert model.head.scales is None and c.P6_IN_FEATURE == "res5"
         assert p6_input != cfg.MODEL.FPN.OUT_CHANNELS or "Shapes" in name or "R_18" in name
-        assert model.loss_type == ("AP" if name.startswith("ap_") else "aLRP")
+        assert model.loss == ("ap" if name.startswith("ap_") else "alrp")
         if model.assigner == "max_iou":
             assert anchors == 6
         assert cfg.MODEL.RETINANET.NMS_THRESH_TEST == 0.5

@@ -1,6 +1,6 @@
 """The dense-head loss recipes (aLRP + GIoU + self-balance, AP + SmoothL1) against the
 per-positive reference loops of rsloss_d2.losses.reference and hand-written GIoU / SmoothL1 /
-target vectors (shared/spec/ranking_losses.md §1.2, §3, §4; models.md §9, §10)."""
+target vectors (AP Loss, aLRP Loss and RS Loss papers)."""
 import pytest
 import torch
 

@@ -46,7 +46,7 @@ def predictor(cls_loss, **kw):
     torch.manual_seed(0)
     return ActivationFastRCNNOutputLayers(
         ShapeSpec(channels=8), box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)),
-        num_classes=C, cls_loss=cls_loss, tail_mask=TAIL, cls_init="constant",
+        num_classes=C, loss=cls_loss, tail_mask=TAIL, cls_init="constant",
         cls_init_value=0.001, cls_init_bias=-2.0, **kw)
 
 
@@ -299,14 +299,14 @@ def test_gol_config_builds(name):
     model = build_model(cfg)
     pred = model.roi_heads.box_predictor
     if name.startswith("gol_"):  # GOL rows: DropLoss-Gumbel, normed mask, RFS 1e-3, NMS 0.3
-        assert pred.cls_loss == "droploss" and pred.activation == "gumbel"
+        assert pred.loss == "droploss" and pred.activation == "gumbel"
         assert isinstance(model.roi_heads.mask_head, NormedMaskRCNNConvUpsampleHead)
         assert cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
         assert cfg.DATALOADER.REPEAT_THRESHOLD == 0.001 and pred.test_nms_thresh == 0.3
         assert cfg.MODEL.RESNETS.DEPTH == (101 if "R_101" in name else 50)
         assert pred.num_classes == (1230 if "v0.5" in name else 1203)
     else:  # activation ablation: no RFS, 12 epochs, NMS 0.5
-        assert pred.cls_loss == name.split("_")[-1][:-5]
+        assert pred.loss == name.split("_")[-1][:-5]
         assert cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler" and pred.test_nms_thresh == 0.5
         assert pred.cls_score.out_features == 1204
 

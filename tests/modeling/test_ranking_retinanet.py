@@ -9,7 +9,7 @@ from detectron2.layers import cat
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from rsloss_d2.modeling.dense_heads import IGNORED, valid_anchor_mask
+from rsloss_d2.modeling.matchers import IGNORED, valid_anchor_mask
 from rsloss_d2.modeling.meta_arch import RankingRetinaNet
 
 from _dense_helpers import build, dense_cfg, fixed_batch, make_image, train_steps
@@ -81,9 +81,8 @@ def test_anchors_in_the_batch_padding_are_ignored(name):
     feats = [feats[f] for f in model.head_in_features]
     logits, deltas = model._transpose_dense_predictions(model.head(feats), [3, 4])
     anchors = model.anchor_generator(feats)
-    valid = valid_anchor_mask([f.shape[-2:] for f in feats], model.anchor_generator.strides,
-                              model.anchor_generator.num_cell_anchors[0],
-                              torch.tensor(images.image_sizes), 32)
+    valid = valid_anchor_mask([a.tensor for a in anchors], model.anchor_generator.strides,
+                              images.image_sizes, 32)
     assert valid[0].all() and not valid[1].all()
     logits = cat(logits, 1).detach().requires_grad_()
     deltas = cat(deltas, 1).detach()
@@ -187,8 +186,8 @@ def test_self_balance_period_is_derived_from_dataset_size_and_batch():
 
 @pytest.mark.parametrize("name,keys", [
     ("aLRP", {"self_balance_weight", "loss_loc_unweighted", "mean_pos_giou_loss"}),
-    ("RS-ATSS", {"lambda_bbox", "giou_loss", "mean_pos_iou"}),
-    ("RS-PAA", {"lambda_bbox", "giou_loss", "mean_pos_iou", "paa_num_candidates"}),
+    ("RS-ATSS", {"lambda_bbox", "loss_bbox_unbalanced", "mean_pos_iou"}),
+    ("RS-PAA", {"lambda_bbox", "loss_bbox_unbalanced", "mean_pos_iou", "paa_num_candidates"}),
 ])
 def test_statistics_go_to_event_storage(name, keys):
     model = build(dense_cfg(name))
@@ -196,13 +195,13 @@ def test_statistics_go_to_event_storage(name, keys):
     with EventStorage(0) as storage:
         losses = model(fixed_batch())
         latest = {k: v[0] for k, v in storage.latest().items()}
-    for k in keys | {"num_pos_anchors", "num_neg_anchors"}:
+    for k in keys | {"num_pos", "num_neg"}:
         assert f"dense/{k}" in latest, (k, sorted(latest))
-    assert latest["dense/num_pos_anchors"] > 0
+    assert latest["dense/num_pos"] > 0
     if name.startswith("RS"):
         lam = latest["dense/lambda_bbox"]
-        assert float(losses["loss_bbox"]) == pytest.approx(lam * latest["dense/giou_loss"],
-                                                           rel=1e-5)
+        unbalanced = latest["dense/loss_bbox_unbalanced"]
+        assert float(losses["loss_bbox"]) == pytest.approx(lam * unbalanced, rel=1e-5)
 
 
 def _inference_inputs():

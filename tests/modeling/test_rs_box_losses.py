@@ -4,10 +4,16 @@ import pytest
 import torch
 
 import rsloss_d2.modeling.box_losses as box_losses
-from rsloss_d2.losses import rank_sort_loss
-from rsloss_d2.modeling.box_losses import aligned_iou, giou_loss, rs_detection_losses
-from rsloss_d2.modeling.proposal_generator import MaxIoUMatcher
-from rsloss_d2.modeling.roi_heads import dice_loss
+from rsloss_d2.losses import dice_loss, rank_sort_loss
+from rsloss_d2.modeling.box_losses import (
+    aligned_iou,
+    giou_loss,
+    rs_detection_losses,
+    rs_mask_scalars,
+    rs_scalars,
+)
+from rsloss_d2.modeling.matchers import MaxIoUMatcher
+from rsloss_d2.modeling.roi_heads.rs_mask_head import DICE_EPS
 
 
 def test_iou_and_giou_closed_form():
@@ -19,13 +25,18 @@ def test_iou_and_giou_closed_form():
     assert torch.allclose(giou_loss(a, b), 1 - expected_giou, atol=1e-6)
 
 
-def test_dice_loss_closed_form():
-    logits = torch.zeros(1, 2, 2)  # p = 0.5 everywhere
+def test_mask_head_dice_closed_form():
+    """RS-Mask R-CNN's dice adds eps once to Σp² + Σm² (SOLO's adds it to each sum)."""
+    probs = torch.full((1, 2, 2), 0.5)
     target = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
     # 1 - 2*0.5 / (4*0.25 + 1 + 1e-5)
-    assert torch.allclose(dice_loss(logits, target), torch.tensor([1 - 1 / (2 + 1e-5)]))
-    perfect = torch.tensor([[[30.0, -30.0], [-30.0, -30.0]]])
-    assert dice_loss(perfect, target).item() < 1e-5
+    assert DICE_EPS == 1e-5
+    once = dice_loss(probs, target, DICE_EPS, eps_per_sum=False)
+    assert torch.allclose(once, torch.tensor([1 - 1 / (2 + 1e-5)]), rtol=0, atol=1e-7)
+    per_sum = dice_loss(probs.double(), target.double(), 1e-1)  # 1 - 1 / (2 + 0.2)
+    assert torch.allclose(per_sum, torch.tensor([1 - 1 / 2.2], dtype=torch.float64))
+    perfect = torch.tensor([[[30.0, -30.0], [-30.0, -30.0]]]).sigmoid()
+    assert dice_loss(perfect, target, DICE_EPS, eps_per_sum=False).item() < 1e-5
 
 
 def test_matcher_min_pos_iou_and_reassignment():
@@ -130,3 +141,23 @@ def test_autocast_inputs_are_computed_in_fp32():
         assert abs(value.item() - getattr(ref, name).item()) < 0.05
     out.loss_box.backward()
     assert torch.isfinite(pred.grad).all()
+
+
+def test_rs_scalars_fixed_names_and_values():
+    """Every family logs the RS recipe's result under the same names (written from the recipe:
+    positives per image, λ, the score-weighted GIoU loss before λ, mean IoU target)."""
+    logits, labels, pred, gt = _case()
+    out = rs_detection_losses(logits, labels, pred, gt)
+    stats = rs_scalars(out, num_images=2)
+    assert list(stats) == ["num_pos", "lambda_bbox", "loss_bbox_unbalanced", "mean_pos_iou"]
+    assert stats["num_pos"] == 1.5  # 3 positives over 2 images
+    w = torch.sigmoid(logits.detach()[[0, 2, 4]]).amax(1)
+    plain = (w * giou_loss(pred.detach(), gt)).sum() / w.sum()
+    assert torch.allclose(stats["loss_bbox_unbalanced"], plain)
+    assert torch.allclose(stats["lambda_bbox"], (out.loss_rank + out.loss_sort) / plain)
+    assert torch.allclose(stats["mean_pos_iou"], aligned_iou(pred.detach(), gt).mean())
+    # no positive: the mean IoU is undefined (None: not logged), λ and L_box are 0
+    none = rs_scalars(rs_detection_losses(logits, torch.full_like(labels, 3), pred[:0], gt[:0]), 4)
+    assert none["num_pos"] == 0 and none["mean_pos_iou"] is None
+    assert float(none["lambda_bbox"]) == 0 and float(none["loss_bbox_unbalanced"]) == 0
+    assert rs_mask_scalars(0.25, 4.0) == {"lambda_mask": 4.0, "loss_mask_unbalanced": 0.25}

@@ -10,11 +10,7 @@ from detectron2.utils.events import EventStorage
 import rsloss_d2.modeling.box_losses as box_losses
 from rsloss_d2.losses import rank_sort_loss
 from rsloss_d2.modeling.box_losses import aligned_iou, giou_loss
-from rsloss_d2.modeling.roi_heads import (
-    RSFastRCNNOutputLayers,
-    RSMaskRCNNConvUpsampleHead,
-    dice_loss,
-)
+from rsloss_d2.modeling.roi_heads import RSFastRCNNOutputLayers, RSMaskRCNNConvUpsampleHead
 
 from _rs_helpers import build, fixed_batch, rs_cfg
 
@@ -100,8 +96,8 @@ def test_box_loss_value_and_gradient_scale():
     assert abs(lam.item() - 1) > 0.05
     # what goes to EventStorage (read back in one host copy)
     assert logged["fast_rcnn/lambda_bbox"] == pytest.approx(lam.item(), rel=1e-5)
-    assert logged["fast_rcnn/giou_loss"] == pytest.approx(plain.item(), rel=1e-5)
-    assert logged["fast_rcnn/num_pos_rois"] == pytest.approx(2 / len(proposals))
+    assert logged["fast_rcnn/loss_bbox_unbalanced"] == pytest.approx(plain.item(), rel=1e-5)
+    assert logged["fast_rcnn/num_pos"] == pytest.approx(2 / len(proposals))
     assert logged["fast_rcnn/mean_pos_iou"] == pytest.approx(out.ious.mean().item())
 
 
@@ -194,13 +190,14 @@ def test_mask_loss_value_and_gradient_scale():
     loss.backward()
     ref_logits = logits.detach().clone().requires_grad_(True)
     targets = inst.gt_masks.crop_and_resize(inst.proposal_boxes.tensor, 14)
-    per = dice_loss(ref_logits[[0, 1], [2, 0]], targets)
+    p, m = ref_logits[[0, 1], [2, 0]].sigmoid().flatten(1), targets.float().flatten(1)
+    per = 1 - 2 * (p * m).sum(1) / ((p * p).sum(1) + (m * m).sum(1) + 1e-5)
     plain = (inst.rs_score_weight * per).sum() / inst.rs_score_weight.sum()
     plain.backward()
     assert torch.allclose(logits.grad, (0.8 / plain.detach()) * ref_logits.grad, atol=1e-7)
     assert logits.grad[:, 1].abs().sum() == 0  # only the GT-class mask is trained
     assert logged["mask_rcnn/num_masks"] == 2
-    assert logged["mask_rcnn/dice_loss"] == pytest.approx(plain.item(), rel=1e-5)
+    assert logged["mask_rcnn/loss_mask_unbalanced"] == pytest.approx(plain.item(), rel=1e-5)
     assert logged["mask_rcnn/lambda_mask"] == pytest.approx(0.8 / plain.item(), rel=1e-5)
 
 

@@ -1,9 +1,11 @@
 """Loss computation of the ranking-loss dense detectors (aLRP / AP Loss RetinaNet, RS-ATSS/PAA).
 
-Spec: ``shared/spec/ranking_losses.md`` §1–§5, ``shared/spec/models.md`` §3, §4, §9, §10. Every
-function takes the predictions of the **whole per-process batch** flattened to one list of rows
-(R_total = N·R anchors, image-major; the official ATSS / RetinaNet heads are level-major, which
-changes the float summation order only) and the labels of the assignment:
+Papers: AP Loss (Chen et al., CVPR 2019), aLRP Loss (Oksuz et al., NeurIPS 2020), RS Loss
+(Oksuz et al., ICCV 2021); official heads in ``mmdet/models/dense_heads/`` of the aLRP Loss and
+RankSortLoss repositories. Every function takes the predictions of the **whole per-process batch**
+flattened to one list of rows (R_total = N·R anchors, image-major; the official ATSS / RetinaNet
+heads are level-major, which changes the float summation order only) and the labels of the
+assignment:
 
 * ``labels`` (R_total,) int64: ``0..C-1`` foreground class, ``C`` background, ``-1`` ignored
   (MaxIoU ignore band and invalid anchors: whole target row −1).
@@ -13,14 +15,9 @@ the flattened ``(R_total, C)`` target vector (one positive entry per positive ro
 per-positive quantities (localisation errors, IoUs) line up with the ranking losses.
 Without positives every loss is 0 attached to the graph (zero gradient, no NaN).
 
-Several processes: everything here is **per process**, as in the official heads, which reduce
-nothing across GPUs (spec ``ranking_losses.md`` §1.1): the ranking losses rank the rows of this
-process's batch and average over its positives (a global positive count would change what the
-loss is, not only its scale); AP Loss's SmoothL1 is normalised by this process's 4·P, RS's box
-loss by its Σ w_k, and RS's λ = (L_rank + L_sort) / L_box balances this process's own losses
-(per GPU in the official code, so the papers' 4-GPU numbers were trained that way); DDP then
-averages the gradients. The one cross-process statistic is the aLRP self-balance, all-reduced by
-the model (``lockstep`` below, :class:`ALRPSelfBalance` ``reduce_fn``).
+Several processes: everything here is per process, as in the official heads (README "Several
+GPUs"); the one cross-process statistic is the aLRP self-balance, all-reduced by the model
+(``lockstep`` below, :class:`ALRPSelfBalance` ``reduce_fn``).
 """
 from dataclasses import dataclass, field
 from typing import Dict, Optional
@@ -30,7 +27,7 @@ from fvcore.nn import smooth_l1_loss
 
 from rsloss_d2.losses import ALRPSelfBalance, alrp_loss, ap_loss, vectorize_labels
 
-from ..box_losses import giou_loss, rs_detection_losses
+from ..box_losses import giou_loss, rs_detection_losses, rs_scalars
 
 __all__ = ["DenseLossOutput", "alrp_dense_losses", "ap_dense_losses", "rs_dense_losses"]
 
@@ -53,7 +50,7 @@ def alrp_dense_losses(
     delta: float = 1.0,
     lockstep: bool = False,
 ) -> DenseLossOutput:
-    """aLRP Loss RetinaNet (models.md §9; aLRP paper Eq. 10–12 and the SB rule of §3.4).
+    """aLRP Loss RetinaNet (aLRP paper Eq. 10–12 and the SB rule of §3.4).
 
     ℓ_loc(k) = 1 − GIoU(decoded pred_k, GT_k) ∈ [0, 2] (its value enters the classification
     gradient, its gradient comes from the cumulative L_loc only). Total = L_cls + w_SB·L_loc.
@@ -102,7 +99,7 @@ def ap_dense_losses(
     delta: float = 1.0,
     smooth_l1_beta: float = 1.0,
 ) -> DenseLossOutput:
-    """AP-Loss RetinaNet (models.md §10): AP Loss + SmoothL1 on encoded deltas.
+    """AP-Loss RetinaNet (Chen et al., CVPR 2019): AP Loss + SmoothL1 on encoded deltas.
 
     ``loss_bbox = Σ SmoothL1_β(pred − target) / (4·P)`` (mmdet ``SmoothL1Loss``, β 1, weight 1,
     mean over the 4·P coordinates of the positives); total = L_AP + L_SmoothL1, no balancing.
@@ -131,7 +128,7 @@ def rs_dense_losses(
     pos_gt_boxes: torch.Tensor,
     delta: float = 0.5,
 ) -> DenseLossOutput:
-    """RS-ATSS / RS-PAA (models.md §3, §4): RS Loss with IoU sorting targets over all anchors ×
+    """RS-ATSS / RS-PAA (RS Loss paper, Sec. 5): RS Loss with IoU sorting targets over all anchors ×
     classes, GIoU box loss weighted by the detached max scores, value-balanced (λ).
 
     Shares :func:`rsloss_d2.modeling.box_losses.rs_detection_losses` with the RS R-CNN heads.
@@ -139,12 +136,12 @@ def rs_dense_losses(
     only when every positive's max score is below 1e-10.
 
     Returns:
-        losses ``loss_rank``, ``loss_sort``, ``loss_bbox`` (λ·L_box); stats ``lambda_bbox``,
-        ``giou_loss`` (unbalanced), ``mean_pos_iou``.
+        losses ``loss_rank``, ``loss_sort``, ``loss_bbox`` (λ·L_box); stats: those of
+        :func:`~rsloss_d2.modeling.box_losses.rs_scalars` but ``num_pos`` (the caller logs it).
     """
     out = rs_detection_losses(logits, labels, pos_pred_boxes, pos_gt_boxes, delta=delta)
-    stats = {"lambda_bbox": out.box_lambda, "giou_loss": out.loss_box_unbalanced,
-             "mean_pos_iou": out.ious.mean() if out.num_pos > 0 else None}
+    stats = rs_scalars(out, 1)
+    del stats["num_pos"]  # every loss of the family: logged per image by the caller
     return DenseLossOutput(
         {"loss_rank": out.loss_rank, "loss_sort": out.loss_sort, "loss_bbox": out.loss_box},
         stats)

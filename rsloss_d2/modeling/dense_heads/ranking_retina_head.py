@@ -4,8 +4,8 @@ Detectron2's ``RetinaNetHead`` (4 cls + 4 box 3×3 convs, ReLU, optional norm, n
 init, prior-probability bias of the class logits) with one optional addition: a learnable scale
 per FPN level that multiplies the raw box deltas, as the official ATSS / PAA heads (mmcv
 ``Scale``, init 1.0, no exp). With ``MODEL.RETINANET.NORM "GN"`` and ``LEVEL_SCALES True`` it is
-the RS-ATSS / RS-PAA tower (``shared/spec/models.md`` §3, §4: GN 32, **no centerness / IoU
-branch**); with ``NORM ""`` and no scales it is the aLRP / AP-Loss RetinaNet head (§9, §10).
+the RS-ATSS / RS-PAA tower (GN 32, **no centerness / IoU branch**); with ``NORM ""`` and no
+scales it is the aLRP / AP-Loss RetinaNet head.
 """
 from typing import List
 

@@ -1,6 +1,7 @@
 """ATSS anchor assignment (Zhang et al., "Bridging the Gap Between Anchor-based and Anchor-free
 Detection via Adaptive Training Sample Selection", CVPR 2020, Alg. 1), exactly as mmdet's
-``ATSSAssigner`` (spec ``models.md`` §3), vectorised over anchors, ground truths and images.
+``ATSSAssigner`` (``mmdet/core/bbox/assigners/atss_assigner.py``), vectorised over anchors,
+ground truths and images.
 
 Per ground truth g (Alg. 1):
   1. on every level l, the candidates C_l(g) are the ``min(topk, A_l)`` anchors whose centres are
@@ -19,15 +20,16 @@ the result is deterministic (the official code leaves it to ``torch.topk``).
 No (A, G) IoU matrix is built: only the per-level (A_l, G) centre distances, then IoUs of the
 ``Σ_l min(topk, A_l)`` candidates of each ground truth; conflicts are resolved by scatter.
 """
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from ..host_copies import to_device
-from ._overlaps import iou_mmdet
+from ...layers.box_iou import iou_mmdet
+from .max_iou import IGNORED, NEGATIVE
 
-__all__ = ["atss_match", "atss_match_batch"]
+__all__ = ["atss_match", "atss_match_batch", "atss_assign"]
 
 
 def _as_tensor(boxes) -> torch.Tensor:
@@ -155,3 +157,67 @@ def atss_match_batch(anchors_per_level: Sequence[torch.Tensor],
     padded = pad_sequence(gts, batch_first=True)  # (N, max G_i, 4), zero rows are padding
     valid = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths[:, None]
     return _atss_padded(anchors, padded, valid, topk)
+
+
+@torch.no_grad()
+def atss_assign(
+    anchors_per_level: List[torch.Tensor],
+    gt_boxes: List[torch.Tensor],
+    valid: torch.Tensor,
+    topk: int = 9,
+    grid_sizes: Optional[Sequence[Sequence[int]]] = None,
+    valid_sizes: Optional[Sequence[Sequence[Tuple[int, int]]]] = None,
+) -> torch.Tensor:
+    """ATSS assignment of every image on its valid anchors, in the encoding of :mod:`.max_iou`.
+
+    Images whose anchors are all valid (no batch padding) go through one batched call of
+    :func:`atss_match_batch`; an image with invalid anchors is matched alone on its valid anchors
+    of each level, as mmdet does (``num_level_anchors_inside``).
+    Every valid non-positive anchor is negative.
+
+    Args:
+        anchors_per_level: L tensors (A_l, 4) XYXY.
+        gt_boxes: N tensors (G_i, 4) XYXY.
+        valid: (N, R) bool, R = Σ A_l.
+        grid_sizes, valid_sizes: optional host ints, (H_l, W_l) per level and
+            :func:`.valid_flags.valid_grid_sizes` (the same validity as ``valid``). With them,
+            which images are whole and which anchors of the others are valid is known on the
+            host: no host sync (without them: one read of ``valid``, and boolean masks for the
+            padded images).
+
+    Returns:
+        (N, R) int64: GT index, ``NEGATIVE`` or ``IGNORED`` (invalid anchors).
+    """
+    n, r = valid.shape
+    sizes = [len(a) for a in anchors_per_level]
+    host = grid_sizes is not None and valid_sizes is not None
+    if host:
+        grids = [(int(h), int(w)) for h, w in grid_sizes]
+        full = [list(v) == grids for v in valid_sizes]
+    else:
+        full = valid.all(dim=1).tolist()  # one host read
+    whole = [i for i in range(n) if full[i]]
+    if len(whole) == n:  # no batch padding: no IGNORED, no scatter
+        matched = atss_match_batch(anchors_per_level, gt_boxes, topk=topk)
+        return matched.clamp(min=NEGATIVE)
+    out = torch.full((n, r), IGNORED, dtype=torch.long, device=valid.device)
+    if whole:
+        matched = atss_match_batch(anchors_per_level, [gt_boxes[i] for i in whole], topk=topk)
+        # no host sync: the row indices go to the device non-blocking (a list index would not)
+        out.index_copy_(0, to_device(whole, out.device, torch.long), matched.clamp(min=NEGATIVE))
+    for i in (i for i in range(n) if not full[i]):  # images inside the batch padding only
+        if not host:
+            per_level = [a[m] for a, m in zip(anchors_per_level, valid[i].split(sizes))]
+            out[i, valid[i]] = atss_match(per_level, gt_boxes[i], topk=topk).clamp(min=NEGATIVE)
+            continue
+        # Valid anchors = the [:vh, :vw] corner of each (H, W, A) grid: slices, no host sync.
+        grid_views = []  # (anchors (H, W, A, 4), out row (H, W, A), vh, vw) per level
+        for a, o, (h, w), (vh, vw) in zip(anchors_per_level, out[i].split(sizes), grids,
+                                          valid_sizes[i]):
+            num_a = len(a) // max(h * w, 1)
+            grid_views.append((a.reshape(h, w, num_a, 4), o.view(h, w, num_a), vh, vw))
+        per_level = [a[:vh, :vw].reshape(-1, 4) for a, _, vh, vw in grid_views]
+        res = atss_match(per_level, gt_boxes[i], topk=topk).clamp(min=NEGATIVE)
+        for (a, o, vh, vw), part in zip(grid_views, res.split([len(p) for p in per_level])):
+            o[:vh, :vw] = part.view(vh, vw, a.shape[2])
+    return out

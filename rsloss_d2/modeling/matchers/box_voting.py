@@ -1,5 +1,6 @@
-"""Score voting of PAA (Kim & Lee, ECCV 2020, §3.4; RS-PAA ``score_voting=True``, spec
-``models.md`` §4), one tensor computation for all kept detections of an image.
+"""Score voting of PAA (Kim & Lee, ECCV 2020, §3.4; RS-PAA ``score_voting=True``,
+mmdet's ``mmdet/models/dense_heads/paa_head.py``), one tensor computation for all kept
+detections of an image.
 
 For every detection d kept by NMS (class c_d), the neighbours are the pre-NMS candidates (after
 ``nms_pre``) i with score s_{i,c_d} > ``score_thr`` for that class and IoU(d, b_i) > 0.01 (d itself
@@ -11,7 +12,7 @@ The score of d is unchanged. The official code loops over classes and detections
 """
 import torch
 
-from ._overlaps import pairwise_iou_mmdet
+from ...layers.box_iou import pairwise_iou_mmdet
 
 __all__ = ["score_voting"]
 

@@ -1,6 +1,7 @@
 """Probabilistic anchor assignment (Kim & Lee, "Probabilistic Anchor Assignment with IoU Prediction
-for Object Detection", ECCV 2020, §3.1 and Fig. 3(c)) as RS-PAA's ``paa_reassign`` (spec
-``models.md`` §4), with the per-object scikit-learn fit replaced by one batched EM in PyTorch.
+for Object Detection", ECCV 2020, §3.1 and Fig. 3(c)) as RS-PAA's ``paa_reassign`` (mmdet's
+``mmdet/models/dense_heads/paa_head.py``), with the per-object scikit-learn fit replaced by one
+batched EM in PyTorch.
 
 For every ground truth g, from its initial positives:
   1. on each FPN level the ``min(topk, n)`` of lowest cost are its candidates; fewer than 2

@@ -1,32 +1,33 @@
 """``RankingRetinaNet``: one-stage detectors trained with ranking losses (aLRP / AP / RS Loss).
 
-One meta-architecture for the four official dense models (``shared/spec/models.md`` §3, §4, §9,
-§10), chosen by two config keys instead of four copies of a head:
+One meta-architecture for the official dense models (AP Loss: Chen et al., CVPR 2019; aLRP Loss:
+Oksuz et al., NeurIPS 2020; RS-ATSS / RS-PAA: Oksuz et al., ICCV 2021, Sec. 5; the dense heads
+in ``mmdet/models/dense_heads/`` of the official aLRP Loss and RankSortLoss repositories), chosen
+by two config keys instead of copies of a head:
 
 | model | ``MODEL.RANKING_RETINANET.LOSS`` | ``.ASSIGNER`` | head |
 |---|---|---|---|
-| AP-Loss RetinaNet | ``AP`` | ``max_iou`` (0.5 / 0.4) | RetinaNet |
-| aLRP-Loss RetinaNet | ``aLRP`` | ``max_iou`` (0.5 / 0.4) | RetinaNet |
-| aLRP-Loss "GIoU+ATSS" | ``aLRP`` | ``atss`` | RetinaNet |
-| RS-ATSS | ``RS`` | ``atss`` | GN tower + level scales, no centerness |
-| RS-PAA | ``RS`` | ``paa`` (+ score voting) | GN tower + level scales, no IoU branch |
+| AP-Loss RetinaNet | ``ap`` | ``max_iou`` (0.5 / 0.4) | RetinaNet |
+| aLRP-Loss RetinaNet | ``alrp`` | ``max_iou`` (0.5 / 0.4) | RetinaNet |
+| aLRP-Loss "GIoU+ATSS" | ``alrp`` | ``atss`` | RetinaNet |
+| RS-ATSS | ``rank_sort`` | ``atss`` | GN tower + level scales, no centerness |
+| RS-PAA | ``rank_sort`` | ``paa`` (+ score voting) | GN tower + level scales, no IoU branch |
 
 Everything else is Detectron2's ``RetinaNet`` / ``DenseDetector``: backbone + FPN P3–P7, anchor
 generator (``MODEL.ANCHOR_GENERATOR``, offset 0 = mmdet 2.x centres), ``Box2BoxTransform``
 (``MODEL.RETINANET.BBOX_REG_WEIGHTS`` (10, 10, 5, 5) = mmdet stds [0.1, 0.1, 0.2, 0.2]), image
-batching and ``Instances`` output. Target assignment (``dense_heads/dense_assignment.py`` and the
-ATSS / PAA rules of ``rsloss_d2.modeling.matchers``), the losses
-(``dense_heads/ranking_dense_losses.py``) and inference are separate functions.
+batching and ``Instances`` output. Target assignment (MaxIoU, ATSS, PAA and the valid flags of
+``rsloss_d2.modeling.matchers``), the losses (``dense_heads/ranking_dense_losses.py``) and
+inference are separate functions.
 
-Several processes: ranking losses rank the anchors × classes of all images of the
-**per-process** batch and every normaliser (number of positives, RS λ, AP Loss's 4·P) is per
-process, as the official heads (``dense_heads/ranking_dense_losses.py`` says why). The aLRP
-self-balance weight and its accumulated sums are **all-reduced** (identical on every process;
-the official code keeps them per GPU): with world size > 1 every process updates it at every
-iteration, an iteration without positives on a process adding nothing to the sums, and the weight
-is ``(mean L_loc + mean L_cls) / mean L_loc`` over all (process, iteration) pairs with positives
-of the period. One process: the official rule (iterations without positives do not count).
-Logged statistics are cross-process means (``modeling/events.put_scalars``).
+Several processes: the ranking and every normaliser (number of positives, RS λ, AP Loss's 4·P)
+are per process, as in the official heads (README "Several GPUs"). The aLRP self-balance weight
+and its accumulated sums are **all-reduced** (identical on every process; the official code keeps
+them per GPU): with world size > 1 every process updates it at every iteration, an iteration
+without positives on a process adding nothing to the sums, and the weight is
+``(mean L_loc + mean L_cls) / mean L_loc`` over all (process, iteration) pairs with positives of
+the period. One process: the official rule (iterations without positives do not count). Logged
+statistics are cross-process means (``modeling/events.put_scalars``).
 """
 import logging
 import math
@@ -45,11 +46,12 @@ from torch.nn import functional as F
 from rsloss_d2.losses import ALRPSelfBalance
 
 from ..box_losses import giou_loss
-from ..dense_heads.dense_assignment import (
+from ..matchers import (
     IGNORED,
     NEGATIVE,
     atss_assign,
     max_iou_assign,
+    paa_reassign,
     padded_gt_boxes,
     valid_anchor_mask,
     valid_grid_sizes,
@@ -57,13 +59,12 @@ from ..dense_heads.dense_assignment import (
 from ..dense_heads.ranking_dense_losses import alrp_dense_losses, ap_dense_losses, rs_dense_losses
 from ..dense_heads.ranking_retina_head import RankingRetinaNetHead
 from ..events import put_scalars
-from ..host_copies import to_device
 
 __all__ = ["RankingRetinaNet", "self_balance_period"]
 
 logger = logging.getLogger(__name__)
 
-_LOSSES = ("aLRP", "AP", "RS")
+_LOSSES = ("alrp", "ap", "rank_sort")
 _ASSIGNERS = ("max_iou", "atss", "paa")
 
 
@@ -102,10 +103,10 @@ class RankingRetinaNet(RetinaNet):
 
     Training losses: aLRP ``loss_cls``, ``loss_bbox`` (= w_SB·L_loc); AP ``loss_cls``,
     ``loss_bbox`` (SmoothL1); RS ``loss_rank``, ``loss_sort``, ``loss_bbox`` (λ·L_GIoU).
-    EventStorage (prefix ``dense/``): ``num_pos_anchors``, ``num_neg_anchors`` (per image), and
+    EventStorage (prefix ``dense/``): ``num_pos``, ``num_neg`` (per image), and
     ``loss_loc_unweighted``, ``self_balance_weight``, ``self_balance_period``,
-    ``mean_pos_giou_loss`` (aLRP),
-    ``lambda_bbox``, ``giou_loss``, ``mean_pos_iou`` (RS), ``paa_num_candidates`` (PAA); with
+    ``mean_pos_giou_loss`` (aLRP), ``lambda_bbox``, ``loss_bbox_unbalanced``, ``mean_pos_iou``
+    (RS, :func:`~rsloss_d2.modeling.box_losses.rs_scalars`), ``paa_num_candidates`` (PAA); with
     several processes each is the mean over the processes (module docstring: what is per process
     and what is all-reduced).
     """
@@ -114,7 +115,7 @@ class RankingRetinaNet(RetinaNet):
     def __init__(
         self,
         *,
-        loss_type: str = "aLRP",
+        loss: str = "alrp",
         assigner: str = "max_iou",
         iou_thresholds: Tuple[float, float] = (0.4, 0.5),
         atss_topk: int = 9,
@@ -124,7 +125,8 @@ class RankingRetinaNet(RetinaNet):
         paa_cost_giou_weight: float = 1.0,
         score_voting: bool = False,
         score_voting_sigma: float = 0.025,
-        rank_delta: float = 1.0,
+        alrp_delta: float = 1.0,
+        ap_delta: float = 1.0,
         rs_delta: float = 0.5,
         self_balance_init: float = 50.0,
         self_balance_period: int = 0,
@@ -135,14 +137,14 @@ class RankingRetinaNet(RetinaNet):
     ):
         """
         Args:
-            loss_type: "aLRP", "AP" or "RS".
+            loss: "alrp", "ap" or "rank_sort".
             assigner: "max_iou", "atss" or "paa".
             iou_thresholds: (neg, pos) of the MaxIoU assigner (Detectron2's
                 ``MODEL.RETINANET.IOU_THRESHOLDS``, official 0.4 / 0.5).
             atss_topk: ATSS candidates per level. paa_*: PAA initial MaxIoU threshold, top-k per
-                level, GMM covariance regulariser, GIoU weight of the cost (spec §4).
+                level, GMM covariance regulariser, GIoU weight of the cost (PAA paper §3.1).
             score_voting, score_voting_sigma: PAA score voting at test time.
-            rank_delta: δ of aLRP / AP Loss. rs_delta: δ of RS Loss.
+            alrp_delta, ap_delta, rs_delta: δ of aLRP, AP and RS Loss.
             self_balance_init: initial aLRP SB weight (50).
             self_balance_period: SB period in iterations; 0 derives one epoch from
                 ``train_datasets`` / ``ims_per_batch`` / ``filter_empty`` at the first training
@@ -150,13 +152,13 @@ class RankingRetinaNet(RetinaNet):
             kwargs: arguments of Detectron2's :class:`RetinaNet`.
         """
         super().__init__(**kwargs)
-        if loss_type not in _LOSSES:
+        if loss not in _LOSSES:
             raise ValueError(f"MODEL.RANKING_RETINANET.LOSS must be one of {_LOSSES}, "
-                             f"got {loss_type!r}")
+                             f"got {loss!r}")
         if assigner not in _ASSIGNERS:
             raise ValueError(f"MODEL.RANKING_RETINANET.ASSIGNER must be one of {_ASSIGNERS}, "
                              f"got {assigner!r}")
-        self.loss_type = loss_type
+        self.loss = loss
         self.assigner = assigner
         self.neg_iou_thr, self.pos_iou_thr = float(iou_thresholds[0]), float(iou_thresholds[-1])
         self.atss_topk = atss_topk
@@ -166,11 +168,10 @@ class RankingRetinaNet(RetinaNet):
         self.paa_cost_giou_weight = paa_cost_giou_weight
         self.score_voting = score_voting
         self.score_voting_sigma = score_voting_sigma
-        self.rank_delta = rank_delta
-        self.rs_delta = rs_delta
+        self.alrp_delta, self.ap_delta, self.rs_delta = alrp_delta, ap_delta, rs_delta
         self._period_source = (tuple(train_datasets), int(ims_per_batch), bool(filter_empty))
         self.self_balance: Optional[ALRPSelfBalance] = None
-        if loss_type == "aLRP":
+        if loss == "alrp":
             self.self_balance = ALRPSelfBalance(max(int(self_balance_period), 1),
                                                 init_weight=self_balance_init,
                                                 reduce_fn=_all_reduce_sum)
@@ -184,8 +185,8 @@ class RankingRetinaNet(RetinaNet):
         ret["head"] = RankingRetinaNetHead(cfg, feature_shapes)
         c = cfg.MODEL.RANKING_RETINANET
         ret.update(
-            anchor_matcher=None,  # replaced by the batched mmdet rules (dense_assignment.py)
-            loss_type=c.LOSS,
+            anchor_matcher=None,  # replaced by the batched mmdet rules (modeling/matchers)
+            loss=c.LOSS,
             assigner=c.ASSIGNER,
             iou_thresholds=tuple(cfg.MODEL.RETINANET.IOU_THRESHOLDS),
             atss_topk=c.ATSS_TOPK,
@@ -195,7 +196,8 @@ class RankingRetinaNet(RetinaNet):
             paa_cost_giou_weight=c.PAA_COST_GIOU_WEIGHT,
             score_voting=c.SCORE_VOTING,
             score_voting_sigma=c.SCORE_VOTING_SIGMA,
-            rank_delta=c.DELTA,
+            alrp_delta=cfg.MODEL.RANK_LOSS.ALRP_DELTA,
+            ap_delta=cfg.MODEL.RANK_LOSS.AP_DELTA,
             rs_delta=cfg.MODEL.RANK_LOSS.RS_DELTA,
             self_balance_init=c.SELF_BALANCE_INIT,
             self_balance_period=c.SELF_BALANCE_PERIOD,
@@ -211,11 +213,9 @@ class RankingRetinaNet(RetinaNet):
             predictions, [self.num_classes, 4])
         anchors = self.anchor_generator(features)
         grid_sizes = [tuple(f.shape[-2:]) for f in features]
-        valid = valid_anchor_mask(
-            grid_sizes, self.anchor_generator.strides,
-            self.anchor_generator.num_cell_anchors[0],
-            to_device(images.image_sizes, self.device, torch.long),  # no host sync
-            self.backbone.size_divisibility)
+        valid = valid_anchor_mask([a.tensor for a in anchors], self.anchor_generator.strides,
+                                  images.image_sizes, self.backbone.size_divisibility,
+                                  self.anchor_generator.offset)
         # The same validity on the host (the ATSS assigner needs no read of ``valid``).
         valid_sizes = valid_grid_sizes(grid_sizes, self.anchor_generator.strides,
                                        images.image_sizes, self.backbone.size_divisibility)
@@ -228,7 +228,7 @@ class RankingRetinaNet(RetinaNet):
 
     @torch.no_grad()
     def assign(self, anchors: List[Boxes], valid, gt_instances, logits, deltas, grid=None):
-        """(N, R) int64 per-anchor GT index / ``NEGATIVE`` / ``IGNORED`` (dense_assignment.py).
+        """(N, R) int64 per-anchor GT index / ``NEGATIVE`` / ``IGNORED`` (modeling/matchers).
 
         ``grid``: optional host ``(grid_sizes, valid_grid_sizes(...))`` describing ``valid``; the
         ATSS assigner then needs no host read of ``valid``."""
@@ -250,10 +250,9 @@ class RankingRetinaNet(RetinaNet):
 
     @torch.no_grad()
     def paa_reassign(self, anchors: List[Boxes], assigned, gt_instances, logits, deltas):
-        """PAA (spec §4): cost = Σ_c focal + w·GIoU loss of every initial positive, one batched
-        GMM call over all GTs of the batch (``matchers.paa_reassign``); rejected → negative."""
-        from rsloss_d2.modeling.matchers import paa_reassign  # issue 10 assigner work
-
+        """PAA (Kim & Lee, ECCV 2020, §3.1): cost = Σ_c focal + w·GIoU loss of every initial
+        positive, one batched GMM call over all GTs of the batch (``matchers.paa_reassign``);
+        rejected → negative."""
         img, anc = (assigned >= 0).nonzero(as_tuple=True)  # data-dependent size: one host read
         if img.numel() == 0:
             return assigned
@@ -279,7 +278,7 @@ class RankingRetinaNet(RetinaNet):
         return assigned.index_put((img, anc), torch.where(keep, local, NEGATIVE))
 
     def losses(self, anchors, logits, deltas, assigned, boxes, classes, stats=None):
-        """Labels from the assignment → the loss of ``self.loss_type`` (ranking_dense_losses.py).
+        """Labels from the assignment → the loss of ``self.loss`` (ranking_dense_losses.py).
 
         Args:
             anchors: L ``Boxes``. logits: (N, R, C). deltas: (N, R, 4).
@@ -296,23 +295,23 @@ class RankingRetinaNet(RetinaNet):
         logits = logits.reshape(-1, num_classes)
         pos_deltas = deltas.reshape(-1, 4)[pos_inds]
         pos_anchors = Boxes.cat(anchors).tensor[anc]
-        if self.loss_type == "AP":
+        if self.loss == "ap":
             out = ap_dense_losses(logits, labels, pos_deltas,
                                   self.box2box_transform.get_deltas(pos_anchors, gt_box),
-                                  delta=self.rank_delta, smooth_l1_beta=self.smooth_l1_beta)
+                                  delta=self.ap_delta, smooth_l1_beta=self.smooth_l1_beta)
         else:
             pred = self.box2box_transform.apply_deltas(pos_deltas, pos_anchors)
-            if self.loss_type == "aLRP":
+            if self.loss == "alrp":
                 self._ensure_period()
                 out = alrp_dense_losses(logits, labels, pred, gt_box, self.self_balance,
-                                        delta=self.rank_delta,
+                                        delta=self.alrp_delta,
                                         lockstep=comm.get_world_size() > 1)
             else:
                 out = rs_dense_losses(logits, labels, pred, gt_box, delta=self.rs_delta)
         scalars = dict(stats or {})
         scalars.update(out.stats)
-        scalars["num_pos_anchors"] = pos_inds.numel() / n
-        scalars["num_neg_anchors"] = (flat == NEGATIVE).sum() / n
+        scalars["num_pos"] = pos_inds.numel() / n
+        scalars["num_neg"] = (flat == NEGATIVE).sum() / n
         put_scalars("dense/", scalars)
         return out.losses
 
@@ -332,9 +331,10 @@ class RankingRetinaNet(RetinaNet):
     # ------------------------------------------------------------------ inference
     def inference_single_image(self, anchors: List[Boxes], box_cls: List[torch.Tensor],
                                box_delta: List[torch.Tensor], image_size: Tuple[int, int]):
-        """mmdet dense-head test (spec §3, §4, §9): per level the ``TOPK_CANDIDATES_TEST`` anchors
-        of highest max class score, decode + clip, class-wise NMS on the (anchor, class) pairs
-        above the score threshold, top ``DETECTIONS_PER_IMAGE``; then PAA score voting if on.
+        """mmdet dense-head test (``get_bboxes`` of mmdet 2.x dense heads): per level the
+        ``TOPK_CANDIDATES_TEST`` anchors of highest max class score, decode + clip, class-wise NMS
+        on the (anchor, class) pairs above the score threshold, top ``DETECTIONS_PER_IMAGE``; then
+        PAA score voting if on.
 
         Args:
             anchors: L ``Boxes`` (A_l, 4). box_cls: L sigmoid scores (A_l, C).

@@ -25,6 +25,7 @@ from ..solov2.losses import (
     rs_solo_losses,
     solo_focal_dice_losses,
 )
+from ..events import put_scalars
 from ..solov2.mask_branch import SOLOv2MaskBranch
 from ..solov2.targets import build_solo_targets
 
@@ -56,7 +57,7 @@ class SOLOv2(nn.Module):
         scale_ranges: List[List[float]],
         sigma: float,
         cell_assignment: str,
-        loss_type: str,
+        loss: str,
         focal_alpha: float,
         focal_gamma: float,
         focal_weight: float,
@@ -67,9 +68,9 @@ class SOLOv2(nn.Module):
         pixel_std: List[float],
     ):
         super().__init__()
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-        if loss_type == "rank_sort" and cell_assignment == "all":
+        if loss not in LOSS_TYPES:
+            raise ValueError(f"MODEL.SOLOV2.LOSS must be one of {LOSS_TYPES}, got {loss!r}")
+        if loss == "rank_sort" and cell_assignment == "all":
             raise ValueError("RS-SOLOv2 needs one positive per cell: CELL_ASSIGNMENT 'first'")
         if (ins_head.head_type == "dynamic") != (mask_branch is not None):
             raise ValueError("the mask-feature branch is used exactly by the dynamic head")
@@ -82,7 +83,7 @@ class SOLOv2(nn.Module):
         self.scale_ranges = [tuple(r) for r in scale_ranges]
         self.sigma = sigma
         self.cell_assignment = cell_assignment
-        self.loss_type = loss_type
+        self.loss = loss
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.focal_weight, self.dice_weight = focal_weight, dice_weight
         self.rs_delta = rs_delta
@@ -110,11 +111,11 @@ class SOLOv2(nn.Module):
             "scale_ranges": s.FPN_SCALE_RANGES,
             "sigma": s.SIGMA,
             "cell_assignment": s.CELL_ASSIGNMENT,
-            "loss_type": s.LOSS.TYPE,
-            "focal_alpha": s.LOSS.FOCAL_ALPHA,
-            "focal_gamma": s.LOSS.FOCAL_GAMMA,
-            "focal_weight": s.LOSS.FOCAL_WEIGHT,
-            "dice_weight": s.LOSS.DICE_WEIGHT,
+            "loss": s.LOSS,
+            "focal_alpha": s.FOCAL_ALPHA,
+            "focal_gamma": s.FOCAL_GAMMA,
+            "focal_weight": s.FOCAL_WEIGHT,
+            "dice_weight": s.DICE_WEIGHT,
             "rs_delta": cfg.MODEL.RANK_LOSS.RS_DELTA,
             "test_cfg": SOLOTestConfig(
                 score_thr=s.SCORE_THR, mask_thr=s.MASK_THR, nms_pre=s.NMS_PRE,
@@ -155,10 +156,14 @@ class SOLOv2(nn.Module):
         dice = positive_mask_dice(self.ins_head.head_type, ins_preds, mask_features, targets,
                                   self.num_grids, self.mask_strides)
         flat = flatten_cate_logits(cate_logits)
-        if self.loss_type == "rank_sort":
-            return rs_solo_losses(flat, targets, dice, delta=self.rs_delta)
-        return solo_focal_dice_losses(flat, targets, dice, self.focal_alpha, self.focal_gamma,
-                                      self.focal_weight, self.dice_weight)
+        if self.loss == "rank_sort":
+            losses, stats = rs_solo_losses(flat, targets, dice, delta=self.rs_delta)
+        else:
+            losses, stats = solo_focal_dice_losses(flat, targets, dice, self.focal_alpha,
+                                                   self.focal_gamma, self.focal_weight,
+                                                   self.dice_weight)
+        put_scalars("solov2/", stats)
+        return losses
 
     def _soft_masks_fn(self, ins_preds, mask_features, image: int, mask_size):
         """cells (n,) → (n, H_m, W_m) stride-4 mask probabilities of one image."""

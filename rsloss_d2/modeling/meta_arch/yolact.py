@@ -227,14 +227,12 @@ class YOLACT(nn.Module):
             cls_labels = torch.where(state < 0, torch.full_like(labels, -1), cls_labels)
             pred_boxes = self.box_transform.apply_deltas(pos_deltas.float(), anchors[anchor_idx])
             masks = self._positive_masks(prototypes, pos_coeffs, img_idx, pos_gt_boxes, hp, wp)
-            out = rs_yolact_losses(logits.reshape(b * r, -1), cls_labels.reshape(-1),
-                                   pred_boxes, pos_gt_boxes, masks,
-                                   targets.masks[img_idx, gt_idx], delta=self.rs_delta)
-            stats = {k: out[k] for k in ("num_pos", "box_lambda", "mask_lambda",
-                                         "loss_bbox_unbalanced", "loss_mask_unbalanced")}
-            stats["mean_iou"] = out["mean_iou"] if out["num_pos"] > 0 else None
+            losses, stats = rs_yolact_losses(logits.reshape(b * r, -1), cls_labels.reshape(-1),
+                                             pred_boxes, pos_gt_boxes, masks,
+                                             targets.masks[img_idx, gt_idx],
+                                             delta=self.rs_delta, num_images=b)
             put_scalars("yolact/", stats)
-            return {k: out[k] for k in ("loss_rank", "loss_sort", "loss_bbox", "loss_mask")}
+            return losses
 
         loss_cls, normaliser = ohem_classification_loss(logits, state, labels, self.neg_pos_ratio)
         target_deltas = self.box_transform.get_deltas(anchors[anchor_idx], pos_gt_boxes)
@@ -248,7 +246,7 @@ class YOLACT(nn.Module):
         if pos_flat.numel() == 0:  # keep every branch in the graph (DDP), zero gradient
             loss_box = loss_box + deltas.sum() * 0
             loss_mask = loss_mask + coeffs.sum() * 0 + prototypes.sum() * 0
-        put_scalars("yolact/", {"num_pos": pos_flat.numel(), "num_masks": int(keep.sum())})
+        put_scalars("yolact/", {"num_pos": pos_flat.numel() / b, "num_masks": int(keep.sum())})
         return {"loss_cls": loss_cls, "loss_bbox": loss_box * self.box_loss_weight,
                 "loss_mask": loss_mask * self.mask_loss_weight}
 

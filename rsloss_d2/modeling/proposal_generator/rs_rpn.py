@@ -1,7 +1,7 @@
 """RS-RPN: Detectron2's RPN with objectness trained by Rank & Sort Loss (``RSRPN``).
 
 Official counterpart: ``RankBasedRPNHead`` of kemaloksuz/RankSortLoss
-(``shared/spec/models.md`` §1, ``ranking_losses.md`` §2, §5). Differences from Detectron2's RPN:
+(RS Loss paper, Oksuz et al., ICCV 2021, Sec. 4). Differences from Detectron2's RPN:
 
 * **no anchor sampling**: every anchor with IoU ≥ 0.7 (or that is the best anchor of a GT with
   IoU ≥ ``min_pos_iou`` 0.3, mmdet ``MaxIoUAssigner`` rule) is positive, IoU < 0.3 negative, the
@@ -23,13 +23,10 @@ w.r.t. the anchor gives the same IoU / GIoU, so Detectron2's ``Box2BoxTransform`
 ``MODEL.RPN.BBOX_REG_WEIGHTS = (10, 10, 5, 5)`` (the RS configs set it) is used. Proposal
 generation (per-level top-k, per-level NMS 0.7, post-NMS top-k) is Detectron2's, unchanged.
 
-Several processes: the ranking, the number of positives and λ are **per process** (the official
-head reduces nothing: RS Loss averages over this process's positives by definition and λ
-balances this process's own losses); the logged ``rpn/`` statistics are the cross-process means
-(``modeling/events.put_scalars``).
+Several processes: the ranking, the number of positives and λ are per process, as in the
+official head (README "Several GPUs"); the logged ``rpn/`` statistics are cross-process means.
 """
-import math
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
 from detectron2.config import configurable
@@ -38,48 +35,19 @@ from detectron2.modeling.proposal_generator.build import PROPOSAL_GENERATOR_REGI
 from detectron2.modeling.proposal_generator.rpn import RPN
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
-from ..box_losses import rs_detection_losses
+from ..box_losses import rs_detection_losses, rs_scalars
 from ..events import put_scalars
-from .max_iou_matcher import MaxIoUMatcher
+from ..matchers import OFFICIAL_PAD_DIVISOR, MaxIoUMatcher, valid_anchor_mask
 
-__all__ = ["RSRPN", "anchors_in_own_padding"]
-
-# mmdet pads each image alone to a multiple of 32 (``Pad(size_divisor=32)``) before batching;
-# anchor cells beyond that are batch padding (invalid in the official heads)
-OFFICIAL_PAD_DIVISOR = 32
-
-
-def anchors_in_own_padding(anchors: List[Boxes], strides: List[int], offset: float,
-                           image_size: Tuple[int, int], pad_divisor: int = OFFICIAL_PAD_DIVISOR
-                           ) -> torch.Tensor:
-    """mmdet ``valid_flags`` from the anchor centres: True for the anchors whose grid cell lies
-    inside the image padded alone to a multiple of `pad_divisor`.
-
-    Args:
-        anchors: L Boxes (H_l·W_l·A, 4), Detectron2's anchors of one batch (cell (x, y) of level
-            l has its anchors centred at ((x + offset)·s_l, (y + offset)·s_l)).
-        strides: s_l of every level; offset: Detectron2's anchor offset.
-        image_size: (h, w) of the image before padding.
-    Returns:
-        (Σ_l H_l·W_l·A,) bool.
-    """
-    h, w = (math.ceil(v / pad_divisor) * pad_divisor for v in image_size)
-    valid = []
-    for boxes, s in zip(anchors, strides):
-        centres = boxes.get_centers() / s - offset  # (R_l, 2) cell index (x, y), integral
-        cells = torch.round(centres)
-        valid.append((cells[:, 0] < math.ceil(w / s)) & (cells[:, 1] < math.ceil(h / s)))
-    return torch.cat(valid)
-
+__all__ = ["RSRPN"]
 
 @PROPOSAL_GENERATOR_REGISTRY.register()
 class RSRPN(RPN):
     """Region proposal network trained with RS Loss + score-weighted, value-balanced GIoU.
 
     Losses (per-process batch): ``loss_rpn_rank``, ``loss_rpn_sort``, ``loss_rpn_bbox``, each
-    × ``head_weight``. Logged to EventStorage: ``rpn/num_pos_anchors``, ``rpn/num_neg_anchors``
-    (per image), ``rpn/lambda_bbox`` (λ), ``rpn/giou_loss`` (unbalanced L_box),
-    ``rpn/mean_pos_iou`` (mean sorting target).
+    × ``head_weight``. Logged to EventStorage: ``rpn/`` + the names of
+    :func:`~rsloss_d2.modeling.box_losses.rs_scalars` and ``num_neg`` (negatives per image).
     """
 
     @configurable
@@ -122,12 +90,12 @@ class RSRPN(RPN):
         Returns:
             N label tensors (R,) in {1, 0, −1} and N matched-GT-box tensors (R, 4).
         """
-        strides = self.anchor_generator.strides
-        offset = self.anchor_generator.offset
         all_anchors = Boxes.cat(anchors)
+        valid = valid_anchor_mask([a.tensor for a in anchors], self.anchor_generator.strides,
+                                  [inst.image_size for inst in gt_instances],
+                                  OFFICIAL_PAD_DIVISOR, self.anchor_generator.offset)
         gt_labels, matched_gt_boxes = [], []
-        for inst in gt_instances:  # one (G, R) IoU matrix per image, as Detectron2's RPN
-            usable = anchors_in_own_padding(anchors, strides, offset, inst.image_size)
+        for inst, usable in zip(gt_instances, valid):  # one (G, R) IoU matrix per image
             if self.anchor_boundary_thresh >= 0:
                 usable &= all_anchors.inside_box(inst.image_size, self.anchor_boundary_thresh)
             gt_boxes = inst.gt_boxes.to(all_anchors.device)
@@ -186,13 +154,8 @@ class RSRPN(RPN):
             logits.reshape(-1, 1), cls_labels, pos_pred, pos_gt, delta=self.rs_delta
         )
 
-        stats = {
-            "num_pos_anchors": out.num_pos / num_images,
-            "num_neg_anchors": (labels == 0).sum() / num_images,
-            "lambda_bbox": out.box_lambda,
-            "giou_loss": out.loss_box_unbalanced,
-            "mean_pos_iou": out.ious.mean() if out.num_pos > 0 else None,
-        }
+        stats = rs_scalars(out, num_images)
+        stats["num_neg"] = (labels == 0).sum() / num_images
         put_scalars("rpn/", stats)
 
         hw = self.head_weight

@@ -3,7 +3,7 @@
 (ROI_MASK_HEAD_REGISTRY). ``RSFastRCNNOutputLayers`` is the box predictor they build."""
 from .rs_cascade_rcnn import RSCascadeROIHeads  # noqa: F401
 from .rs_fast_rcnn import RSFastRCNNOutputLayers  # noqa: F401
-from .rs_mask_head import RSMaskRCNNConvUpsampleHead, dice_loss  # noqa: F401
+from .rs_mask_head import RSMaskRCNNConvUpsampleHead  # noqa: F401
 from .rs_roi_heads import RSStandardROIHeads  # noqa: F401
 # GOL (long tail): registers GOLROIHeads and NormedMaskRCNNConvUpsampleHead
 from .activation_fast_rcnn import ActivationFastRCNNOutputLayers  # noqa: F401
@@ -15,7 +15,6 @@ __all__ = [
     "RSCascadeROIHeads",
     "RSFastRCNNOutputLayers",
     "RSMaskRCNNConvUpsampleHead",
-    "dice_loss",
     "ActivationFastRCNNOutputLayers",
     "GOLROIHeads",
     "NormedMaskRCNNConvUpsampleHead",

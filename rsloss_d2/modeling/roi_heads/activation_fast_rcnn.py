@@ -1,10 +1,12 @@
 """Fast R-CNN box predictor whose classification activation is a config choice (GOL).
 
-Spec: ``shared/spec/gol_lvis.md`` §2–§6, §9. ``MODEL.GOL.CLS_LOSS`` picks the loss and the
+GOL (Alexandridis et al., "Long-tailed Instance Segmentation using Gumbel Optimized Loss", ECCV
+2022) and its official code (``mmdet/models/roi_heads/bbox_heads/`` of the GOL repository).
+``MODEL.GOL.LOSS`` picks the loss and the
 matching test activation:
 
 ===========  =========  ===============================================  ==================
-CLS_LOSS     columns    loss (``loss_cls``)                               test scores
+LOSS         columns    loss (``loss_cls``)                               test scores
 ===========  =========  ===============================================  ==================
 softmax      C + 1      Detectron2's softmax CE, mean over RoIs          softmax
 sigmoid      C + 1      BCE-with-logits over the C+1 one-hot columns,    sigmoid
@@ -113,7 +115,7 @@ class ActivationFastRCNNOutputLayers(FastRCNNOutputLayers):
         self,
         input_shape: ShapeSpec,
         *,
-        cls_loss: str = "softmax",
+        loss: str = "softmax",
         activation: str = "gumbel",
         test_activation: str = "",
         normed_temperature: float = 0.0,
@@ -126,7 +128,7 @@ class ActivationFastRCNNOutputLayers(FastRCNNOutputLayers):
         """
         Args:
             input_shape: shape of the box-trunk output.
-            cls_loss: one of :data:`CLS_LOSSES`.
+            loss: one of :data:`CLS_LOSSES` (``MODEL.GOL.LOSS``).
             activation: "gumbel" or "sigmoid", for "droploss" / "eql".
             test_activation: "" (training activation), "softmax", "sigmoid" or "gumbel".
             normed_temperature: > 0: :class:`NormedLinear` classifier with this temperature.
@@ -141,26 +143,26 @@ class ActivationFastRCNNOutputLayers(FastRCNNOutputLayers):
         kwargs["use_fed_loss"] = False
         kwargs["use_sigmoid_ce"] = False
         super().__init__(input_shape, **kwargs)
-        if cls_loss not in CLS_LOSSES:
-            raise ValueError(f"cls_loss must be one of {sorted(CLS_LOSSES)}, got {cls_loss!r}")
+        if loss not in CLS_LOSSES:
+            raise ValueError(f"MODEL.GOL.LOSS must be one of {sorted(CLS_LOSSES)}, got {loss!r}")
         if activation not in ("gumbel", "sigmoid"):
             raise ValueError(f"activation must be 'gumbel' or 'sigmoid', got {activation!r}")
-        has_bg, default_act = CLS_LOSSES[cls_loss]
+        has_bg, default_act = CLS_LOSSES[loss]
         self.test_activation = test_activation or default_act or activation
         if self.test_activation not in ("softmax", "sigmoid", "gumbel") or (
             self.test_activation == "softmax" and not has_bg
         ):
-            raise ValueError(f"test activation {self.test_activation!r} with {cls_loss!r}")
+            raise ValueError(f"test activation {self.test_activation!r} with {loss!r}")
         if not has_bg and tail_mask is None:
-            raise ValueError(f"cls_loss {cls_loss!r} needs a tail_mask")
-        self.cls_loss, self.activation, self.has_background = cls_loss, activation, has_bg
+            raise ValueError(f"loss {loss!r} needs a tail_mask")
+        self.loss, self.activation, self.has_background = loss, activation, has_bg
         self._tail_mask = tail_mask
 
         if isinstance(input_shape, int):
             input_shape = ShapeSpec(channels=input_shape)
         input_size = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
         out = self.num_classes + int(has_bg)
-        if normed_temperature > 0:  # its own N(0, 0.01²) / 0 init wins (spec §5)
+        if normed_temperature > 0:  # its own N(0, 0.01²) / 0 init wins
             self.cls_score = NormedLinear(input_size, out, temperature=normed_temperature)
         else:
             self.cls_score = nn.Linear(input_size, out)
@@ -177,7 +179,7 @@ class ActivationFastRCNNOutputLayers(FastRCNNOutputLayers):
         ret = super().from_config(cfg, input_shape)
         g = cfg.MODEL.GOL
         ret.update(
-            cls_loss=g.CLS_LOSS,
+            loss=g.LOSS,
             activation=g.ACTIVATION,
             test_activation=g.TEST_ACTIVATION,
             normed_temperature=g.NORMED_CLS_TEMPERATURE,
@@ -185,7 +187,7 @@ class ActivationFastRCNNOutputLayers(FastRCNNOutputLayers):
             cls_init_value=g.CLS_INIT_VALUE,
             cls_init_bias=g.CLS_INIT_BIAS,
         )
-        if not CLS_LOSSES.get(g.CLS_LOSS, (True,))[0]:
+        if not CLS_LOSSES.get(g.LOSS, (True,))[0]:
             ret["tail_mask"] = lambda: train_tail_mask(
                 list(cfg.DATASETS.TRAIN), cfg.MODEL.ROI_HEADS.NUM_CLASSES, g.TAIL_THRESHOLD,
                 g.TAIL_NUM_IMAGES,
@@ -210,18 +212,18 @@ class ActivationFastRCNNOutputLayers(FastRCNNOutputLayers):
         """
         num = max(gt_classes.numel(), 1)
         stats = {}
-        if self.cls_loss == "softmax":
+        if self.loss == "softmax":
             loss = cross_entropy(scores.float(), gt_classes, reduction="mean")
-        elif self.cls_loss in ("sigmoid", "gumbel"):
+        elif self.loss in ("sigmoid", "gumbel"):
             targets = F.one_hot(gt_classes, self.num_classes + 1).float()
-            if self.cls_loss == "gumbel":
+            if self.loss == "gumbel":
                 loss = gumbel_cross_entropy(scores, targets, avg_factor=num)
             else:
                 loss = F.binary_cross_entropy_with_logits(
                     scores.float(), targets, reduction="sum") / num
         else:
             tail = self.tail_mask(scores.device)
-            if self.cls_loss == "droploss":
+            if self.loss == "droploss":
                 loss, ratio = drop_loss(scores, gt_classes, tail, self.activation,
                                         return_ratio=True)
                 stats["drop_tail_ratio"] = ratio.nan_to_num(-1.0)  # −1: no foreground RoI

@@ -1,10 +1,10 @@
 """Standard ROI heads with the activation box predictor of GOL (``GOLROIHeads``).
 
-Spec: ``shared/spec/gol_lvis.md`` §6, §8, §9. Detectron2's ``StandardROIHeads`` (512-RoI sampler,
-box trunk, mask branch) whose box predictor is :class:`ActivationFastRCNNOutputLayers`
-(``MODEL.GOL.CLS_LOSS``: softmax / sigmoid / Gumbel / DropLoss / EQL, normed classifier). The
-GOL mask predictor is a mask head of its own (``ROI_MASK_HEAD.NAME:
-NormedMaskRCNNConvUpsampleHead``).
+GOL (Alexandridis et al., ECCV 2022) and its official configs. Detectron2's
+``StandardROIHeads`` (512-RoI sampler, box trunk, mask branch) whose box predictor is
+:class:`ActivationFastRCNNOutputLayers` (``MODEL.GOL.LOSS``: softmax / sigmoid / Gumbel /
+DropLoss / EQL, normed classifier). The GOL mask predictor is a mask head of its own
+(``ROI_MASK_HEAD.NAME: NormedMaskRCNNConvUpsampleHead``).
 
 Initialisation quirk kept (``MODEL.GOL.TORCH_DEFAULT_FC_INIT``, default True): every official
 GOL / activation config gives ``fc_cls`` an ``init_cfg``, which makes mmdet skip its default

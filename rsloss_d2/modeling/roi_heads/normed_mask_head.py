@@ -1,6 +1,6 @@
 """Mask head with the normalised 1×1 predictor of GOL (``NormedMaskRCNNConvUpsampleHead``).
 
-Spec: ``shared/spec/gol_lvis.md`` §5 (mmdet ``FCNMaskHead`` with ``predictor_cfg=dict(type=
+GOL's official mask head (mmdet ``FCNMaskHead`` with ``predictor_cfg=dict(type=
 'NormedConv2d', tempearture=20)``). Detectron2's ``MaskRCNNConvUpsampleHead`` (convs, deconv,
 per-pixel sigmoid BCE on the GT-class channel, mean over positives × 28 × 28) whose last 1×1 conv
 ``predictor`` (D → C masks) is a :class:`NormedConv2d`:

@@ -1,6 +1,6 @@
 """RS-Cascade R-CNN ROI heads (``RSCascadeROIHeads``).
 
-Official counterpart: ``RankBasedCascadeRoIHead`` (``shared/spec/models.md`` §2). Three stages,
+Official counterpart: ``RankBasedCascadeRoIHead`` of the RankSortLoss repository. Three stages,
 each an :class:`RSFastRCNNOutputLayers` (RS Loss over all RoIs × C, IoU sorting targets,
 score-weighted value-balanced GIoU) on a Detectron2 ``FastRCNNConvFCHead`` trunk:
 
@@ -38,7 +38,7 @@ from detectron2.modeling.roi_heads.roi_heads import ROI_HEADS_REGISTRY
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
-from ..proposal_generator.max_iou_matcher import MaxIoUMatcher
+from ..matchers import MaxIoUMatcher
 from .rs_fast_rcnn import RSFastRCNNOutputLayers
 from .rs_roi_heads import RSROIHeadsMixin
 
@@ -60,7 +60,7 @@ class RSCascadeROIHeads(RSROIHeadsMixin, CascadeROIHeads):
         """
         Args:
             stage_loss_weights: multiplier of each stage's three losses (RS: all 1). A weight on
-                ``loss_roi_sort`` has no effect on the gradient (RS Loss, spec §2.3).
+                ``loss_roi_sort`` has no effect on the gradient (RS Loss paper, Alg. 1).
             mask_max_positives: as :class:`RSStandardROIHeads`.
             kwargs: arguments of :class:`CascadeROIHeads` (box predictors must be
                 :class:`RSFastRCNNOutputLayers`).

@@ -1,7 +1,7 @@
 """RS R-CNN box predictor: sigmoid classifier without background + RS Loss + balanced GIoU.
 
-Official counterpart: ``RankBasedShared2FCBBoxHead`` (``shared/spec/models.md`` §1, §2;
-``ranking_losses.md`` §2.5, §5). The box trunk stays Detectron2's ``FastRCNNConvFCHead``; this
+Official counterpart: ``RankBasedShared2FCBBoxHead`` of the RankSortLoss repository (RS Loss paper,
+Oksuz et al., ICCV 2021, Sec. 4). The box trunk stays Detectron2's ``FastRCNNConvFCHead``; this
 module only replaces the last two linear layers and their loss / inference.
 
 * ``cls_score``: C outputs (no background logit), init normal std 0.01, bias 0; ``bbox_pred``
@@ -29,7 +29,13 @@ from torch import nn
 
 from rsloss_d2.losses import gumbel_activation
 
-from ..box_losses import RSDetectionLosses, aligned_iou, foreground_indices, rs_detection_losses
+from ..box_losses import (
+    RSDetectionLosses,
+    aligned_iou,
+    foreground_indices,
+    rs_detection_losses,
+    rs_scalars,
+)
 from ..events import put_scalars
 
 __all__ = ["RSFastRCNNOutputLayers"]
@@ -56,7 +62,7 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
                 box loss and of λ (still ranked, with their IoU as sorting target). Their box
                 loss is ≈ 0 while the regressor is untrained, so when they are most of the
                 positives (untrained RPN) λ = (L_rank + L_sort) / L_box explodes (measured up to
-                ~280 on `shapes`, configs/shapes/README.md, issue 15).
+                ~280 on `shapes`, configs/shapes/README.md).
             kwargs: arguments of :class:`FastRCNNOutputLayers` (``box2box_transform``,
                 ``num_classes``, ``cls_agnostic_bbox_reg``, ``test_*``); its loss options
                 (``box_reg_loss_type``, ``loss_weight``, federated / sigmoid CE) are unused.
@@ -115,7 +121,7 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
         box_dim = proposal_boxes.shape[1]
         if deltas.shape[1] == box_dim:  # class-agnostic (Cascade)
             pos_deltas = deltas[pos]
-        else:  # class-specific: the GT-class row (spec models.md §1)
+        else:  # class-specific: the GT-class row (official)
             pos_deltas = deltas.view(-1, self.num_classes, box_dim)[pos, gt_classes[pos]]
         pos_pred = self.box2box_transform.apply_deltas(pos_deltas, proposal_boxes[pos])
 
@@ -149,21 +155,15 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
         ``pos_is_gt``: (P,) bool, the positive is an appended GT box.
         """
         proposal_ious = aligned_iou(pos_proposals, pos_gt_boxes)
-        stats = {
-            # GT boxes appended to the proposals (Detectron2 / mmdet add_gt_as_proposals): their
-            # proposal is their GT box, so their box loss starts at ≈ 0 (issue 15's question)
-            "num_gt_pos_rois": pos_is_gt.sum() / num_images,
-            "num_pos_rois": out.num_pos / num_images,
-            "num_rois": gt_classes.numel() / num_images,
-            "lambda_bbox": out.box_lambda,
-            "giou_loss": out.loss_box_unbalanced,
-        }
+        stats = rs_scalars(out, num_images)  # mean_pos_iou: of the regressed boxes
+        # GT boxes appended to the proposals (Detectron2 / mmdet add_gt_as_proposals): their
+        # proposal is their GT box, so their box loss starts at ≈ 0
+        stats["num_gt_pos_rois"] = pos_is_gt.sum() / num_images
+        stats["num_rois"] = gt_classes.numel() / num_images
         # the same names on every call (None: undefined here), as put_scalars all-reduces them
-        stats["mean_pos_iou"] = stats["mean_pos_proposal_iou"] = None
-        stats["fg_cls_accuracy"] = None
+        stats["mean_pos_proposal_iou"] = stats["fg_cls_accuracy"] = None
         if out.num_pos > 0:
             pred = scores.detach()[pos].argmax(dim=1)
-            stats["mean_pos_iou"] = out.ious.mean()  # regressed boxes
             stats["mean_pos_proposal_iou"] = proposal_ious.mean()
             stats["fg_cls_accuracy"] = (pred == gt_classes[pos]).float().mean()
         put_scalars("fast_rcnn/", stats)

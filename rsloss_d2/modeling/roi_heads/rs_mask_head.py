@@ -1,7 +1,7 @@
 """RS-Mask R-CNN mask head: dice loss weighted by the box head's scores, value-balanced.
 
-Official counterpart: ``RankBasedFCNMaskHead`` (``shared/spec/models.md`` §5,
-``ranking_losses.md`` §2.5–2.6). Same layers as Detectron2's ``MaskRCNNConvUpsampleHead``
+Official counterpart: ``RankBasedFCNMaskHead`` of the RankSortLoss repository (RS Loss paper,
+Oksuz et al., ICCV 2021, Sec. 4). Same layers as Detectron2's ``MaskRCNNConvUpsampleHead``
 (convs + deconv + class-specific 1×1 predictor); only the loss differs:
 
     ℓ_k    = 1 − 2 Σ p·m / (Σ p² + Σ m² + 1e-5)    (p: sigmoid of the GT-class mask, m: binary)
@@ -11,10 +11,10 @@ Official counterpart: ``RankBasedFCNMaskHead`` (``shared/spec/models.md`` §5,
 The RS ROI heads put ``w_k`` on each RoI (field ``rs_score_weight``) and pass
 ``L_roi_rank + L_roi_sort`` as ``cls_loss_value``; weights travel with their RoIs through the
 foreground selection and the random 200-RoI cap, so they stay aligned (the official
-``resample_for_mask_head`` misaligns them, spec §5 — not reproduced).
+``resample_for_mask_head`` misaligns them — not reproduced).
 
-Several processes: L_mask and λ_mask are **per process** (official; λ_mask balances this
-process's own losses); the logged ``mask_rcnn/`` statistics are the cross-process means.
+Several processes: L_mask and λ_mask are per process, as in the official head (README "Several
+GPUs"); the logged ``mask_rcnn/`` statistics are cross-process means.
 """
 from typing import List, Optional
 
@@ -27,32 +27,16 @@ from detectron2.modeling.roi_heads.mask_head import (
 )
 from detectron2.structures import Instances
 
-from rsloss_d2.losses import balancing_lambda, score_weighted_mean
+from rsloss_d2.losses import balancing_lambda, dice_loss, score_weighted_mean
 
+from ..box_losses import rs_mask_scalars
 from ..events import put_scalars
 
-__all__ = ["RSMaskRCNNConvUpsampleHead", "dice_loss"]
+__all__ = ["RSMaskRCNNConvUpsampleHead", "DICE_EPS"]
+
+DICE_EPS = 1e-5  # added once to Σp² + Σm² (RankBasedFCNMaskHead)
 
 SCORE_WEIGHT_FIELD = "rs_score_weight"  # per-RoI field set by the RS ROI heads
-
-
-def dice_loss(mask_logits: torch.Tensor, targets: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Per-instance dice loss with squared denominators (spec ranking_losses.md §2.6).
-
-    Args:
-        mask_logits: (P, M, M) logits of the GT-class masks.
-        targets: (P, M, M) binary targets.
-        eps: added to the denominator (1e-5).
-
-    Returns:
-        (P,) ``1 − 2Σpm / (Σp² + Σm² + eps)``, fp32 (fp64 kept).
-    """
-    dtype = torch.float64 if mask_logits.dtype == torch.float64 else torch.float32
-    p = mask_logits.to(dtype).sigmoid().flatten(1)
-    m = targets.to(dtype).flatten(1)
-    inter = (p * m).sum(1)
-    denom = (p * p).sum(1) + (m * m).sum(1) + eps
-    return 1 - 2 * inter / denom
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
@@ -90,7 +74,7 @@ class RSMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
         instances: List[Instances],
         cls_loss_value: Optional[torch.Tensor],
     ) -> torch.Tensor:
-        """Score-weighted dice loss balanced to the classification loss (spec models.md §5).
+        """Score-weighted dice loss balanced to the classification loss (RS Loss paper, Sec. 4).
 
         Args:
             pred_mask_logits: (P, K, M, M), K = C (class-specific) or 1.
@@ -104,9 +88,9 @@ class RSMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
         instances = [x for x in instances if len(x) > 0]
         if num_masks == 0 or not instances:
             # the same names as below on every process (put_scalars all-reduces them)
-            stats = {"num_masks": 0, "dice_loss": 0.0}
-            if cls_loss_value is not None:
-                stats["lambda_mask"] = 0.0  # balancing_lambda of a zero loss
+            stats = {"num_masks": 0}
+            # λ_mask: balancing_lambda of a zero loss
+            stats.update(rs_mask_scalars(0.0, None if cls_loss_value is None else 0.0))
             put_scalars("mask_rcnn/", stats)
             return pred_mask_logits.sum() * 0
         gt_masks = cat(
@@ -119,19 +103,22 @@ class RSMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
             logits = pred_mask_logits[torch.arange(num_masks, device=gt_classes.device), gt_classes]
         if gt_masks.dtype != torch.bool:
             gt_masks = gt_masks > 0.5
-        losses = dice_loss(logits, gt_masks)
+        # sigmoid after the fp32 cast (fp64 kept), eps once
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        losses = dice_loss(logits.to(dtype).sigmoid(), gt_masks, DICE_EPS, eps_per_sum=False)
         if instances[0].has(SCORE_WEIGHT_FIELD):
             weights = cat([x.get(SCORE_WEIGHT_FIELD) for x in instances], dim=0).detach()
         else:
             weights = torch.ones_like(losses)
         loss = score_weighted_mean(losses, weights, eps=1e-10)
 
-        stats = {"num_masks": num_masks, "dice_loss": loss}
+        stats = {"num_masks": num_masks}
         if cls_loss_value is None:
+            stats.update(rs_mask_scalars(loss.detach(), None))
             put_scalars("mask_rcnn/", stats)
             return loss
         lam = balancing_lambda(loss, cls_loss_value)  # detached; 0 if L_mask == 0
-        stats["lambda_mask"] = lam
+        stats.update(rs_mask_scalars(loss.detach(), lam))
         balanced = loss * lam  # = value_balanced(loss, cls_loss_value)
         put_scalars("mask_rcnn/", stats)
         return balanced

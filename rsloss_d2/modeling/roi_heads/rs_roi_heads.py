@@ -1,7 +1,7 @@
 """RS-Faster / RS-Mask R-CNN ROI heads (``RSStandardROIHeads``).
 
 Official counterpart: ``RankBasedStandardRoIHead`` + ``RankBasedShared2FCBBoxHead`` +
-``RankBasedFCNMaskHead`` (``shared/spec/models.md`` §1, §5). Differences from Detectron2's
+``RankBasedFCNMaskHead`` of the RankSortLoss repository. Differences from Detectron2's
 ``StandardROIHeads``:
 
 * **no proposal sampler**: every proposal of every image plus the GT boxes (``PROPOSAL_APPEND_GT``)
@@ -29,7 +29,7 @@ from detectron2.modeling.roi_heads.roi_heads import (
 from detectron2.structures import Boxes, Instances
 
 from ..box_losses import RSDetectionLosses, foreground_indices
-from ..proposal_generator.max_iou_matcher import MaxIoUMatcher
+from ..matchers import MaxIoUMatcher
 from .rs_fast_rcnn import RSFastRCNNOutputLayers
 from .rs_mask_head import SCORE_WEIGHT_FIELD, RSMaskRCNNConvUpsampleHead
 
@@ -123,8 +123,9 @@ class RSStandardROIHeads(RSROIHeadsMixin, StandardROIHeads):
 
     Losses: ``loss_roi_rank``, ``loss_roi_sort``, ``loss_roi_bbox`` (+ ``loss_mask``).
     Logged: ``roi_head/num_fg_samples``, ``roi_head/num_bg_samples`` (per image, all RoIs),
-    ``fast_rcnn/{num_pos_rois, lambda_bbox, giou_loss, mean_pos_iou, fg_cls_accuracy}``,
-    ``mask_rcnn/{num_masks, dice_loss, lambda_mask}``.
+    ``fast_rcnn/`` + :func:`~rsloss_d2.modeling.box_losses.rs_scalars`' names,
+    ``num_gt_pos_rois``, ``num_rois``, ``mean_pos_proposal_iou``, ``fg_cls_accuracy``;
+    ``mask_rcnn/{num_masks}`` + :func:`~rsloss_d2.modeling.box_losses.rs_mask_scalars`' names.
     """
 
     @configurable

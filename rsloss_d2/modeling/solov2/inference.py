@@ -1,6 +1,7 @@
 """Inference of SOLO / SOLOv2: point NMS, maskness, Matrix NMS, masks at the image size.
 
-Spec: ``shared/spec/solo.md`` §7 (and §8 for SOLO's masks). Memory is bounded by ``nms_pre``
+Official: ``get_seg`` of ``mmdet/models/anchor_heads/solov2_head.py`` (and ``solo_head.py`` for
+SOLO's masks) of the SOLO repository. Memory is bounded by ``nms_pre``
 and the mask resolution, never by the number of candidates above ``score_thr``: candidate masks
 are computed in chunks of at most ``nms_pre`` (only their scores are kept), then the masks of
 the ``nms_pre`` best are recomputed for Matrix NMS, and the final ≤ ``max_per_img`` masks are
@@ -36,7 +37,8 @@ class SOLOTestConfig:
 
 
 def point_nms(probs: torch.Tensor) -> torch.Tensor:
-    """Keep a cell's probability only where it is the max of its 2×2 top-left window (spec §7.1).
+    """Keep a cell's probability only where it is the max of its 2×2 top-left window (official
+    ``points_nms``).
 
     Args:
         probs: (B, C, S, S) category probabilities. Returns the same shape, others set to 0.
@@ -80,7 +82,7 @@ def solo_inference_single(
     out_size: Tuple[int, int],
     cfg: SOLOTestConfig,
 ) -> Instances:
-    """Detections of one image (spec §7 steps 2–8).
+    """Detections of one image (official ``get_seg_single``).
 
     Args:
         cate_probs: (ΣS², C) category probabilities after :func:`point_nms`.

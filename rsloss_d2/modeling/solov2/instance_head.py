@@ -1,6 +1,6 @@
 """Instance head of SOLO / Decoupled SOLO / SOLOv2: category branch + instance branch per level.
 
-Spec: ``shared/spec/solo.md`` §2 (SOLOv2 head: category and dynamic-kernel branches) and §8
+SOLOv2 Sec. 3 (category and dynamic-kernel branches; ``solov2_head.py`` of the SOLO repository) and
 (SOLO v1: one mask channel per cell; Decoupled SOLO: X and Y mask branches). One module, three
 instance branches selected by ``head_type``; the category branch and the per-level loop are
 shared. Weights are shared across levels except the per-level output convs of SOLO / Decoupled
@@ -32,7 +32,7 @@ def coord_features(x: torch.Tensor) -> torch.Tensor:
 
 
 def split_level_features(features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-    """"split_feats" of the official heads (spec §1): [P2 ×0.5, P3, P4, P5, P6 resized to P5].
+    """"split_feats" of the official heads: [P2 ×0.5, P3, P4, P5, P6 resized to P5].
 
     Args:
         features: the five FPN maps P2..P6, each (B, C, H_l, W_l).
@@ -74,7 +74,7 @@ def _pred_conv(in_channels: int, out_channels: int, kernel: int, bias_value: flo
 class SOLOInstanceHead(nn.Module):
     """Category + instance branches of SOLO (``vanilla``), Decoupled SOLO and SOLOv2 (``dynamic``).
 
-    Per level l with grid S_l (spec §2, §8):
+    Per level l with grid S_l:
 
     * category: level feature resized (bilinear) to S_l × S_l → tower → 3×3 conv to C logits
       (bias prior −log((1 − π)/π));

@@ -1,11 +1,11 @@
 """Losses of SOLO / SOLOv2 (focal + dice) and RS-SOLOv2 (RS Loss + balanced dice).
 
-Spec: ``shared/spec/solo.md`` §5 (SOLOv2 / SOLO), §6 (RS-SOLOv2) and
-``shared/spec/ranking_losses.md`` §2.5. All positives of the per-process batch are pooled (one
-loss call per iteration); nothing is gathered across processes: the focal normaliser
-(``num_pos_cells + 1``), the dice mean and RS-SOLOv2's λ are per process, as in the official
-code (mmdet 1.0 SOLO / RankSortLoss-Solov2 reduce none of them; λ balances this process's own
-losses). The logged ``solov2/`` statistics are the cross-process means (``events.put_scalars``).
+SOLO / SOLOv2: Wang et al., ECCV 2020 / NeurIPS 2020 (Eq. 1–3), ``solov2_head.py`` of the SOLO
+repository; RS-SOLOv2: Oksuz et al., ICCV 2021 (Sec. 4, Eq. 10–12), ``solov2_head.py`` of the
+official RankSortLoss-Solov2 code. All positives of the per-process batch are pooled (one loss
+call per iteration); the focal normaliser (``num_pos_cells + 1``), the dice mean and
+RS-SOLOv2's λ are per process, as in the official code (README "Several GPUs"). The functions
+return their statistics; the meta-architecture logs them.
 """
 from __future__ import annotations
 
@@ -25,15 +25,15 @@ from rsloss_d2.losses import (
     vectorize_labels,
 )
 
-from ..events import put_scalars
+from ..box_losses import Statistic, rs_mask_scalars
 from .mask_branch import dynamic_mask_logits
 from .targets import SOLOTargets, rescale_masks
 
 __all__ = ["flatten_cate_logits", "positive_mask_dice", "solo_focal_dice_losses",
-           "rs_solo_losses", "MaskDice"]
+           "rs_solo_losses", "solo_scalars", "MaskDice"]
 
-_SCORE_WEIGHT_EPS = 1e-10  # RankBasedSOLOv2Head: denominator 1 if Σ w < 1e-10 (spec §6.4)
-_DICE_EPS = 1e-3  # SOLO's dice: 0.001 added to each squared sum (spec §5)
+_SCORE_WEIGHT_EPS = 1e-10  # RankBasedSOLOv2Head: denominator 1 if Σ w < 1e-10
+_DICE_EPS = 1e-3  # SOLO's dice: 0.001 added to each squared sum
 
 
 def flatten_cate_logits(cate_logits: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -64,7 +64,7 @@ def positive_mask_dice(
       targets = GT masks rescaled by 1/4.
     * vanilla / decoupled (SOLO): the cell's channel (or σ(X_j)·σ(Y_i)) of its level at the
       level's prediction stride ``mask_strides[l]`` (4, 4, 8, 16, 16); targets rescaled by the
-      same factor (spec §8).
+      same factor (official ``solo_head.py``).
 
     Returns:
         :class:`MaskDice`; ``losses`` in the order of ``targets.pos_*``.
@@ -126,8 +126,8 @@ def solo_focal_dice_losses(
     focal_gamma: float = 2.0,
     focal_weight: float = 1.0,
     dice_weight: float = 3.0,
-) -> Dict[str, torch.Tensor]:
-    """Official SOLO / SOLOv2 losses (spec §5).
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, Statistic]]:
+    """Official SOLO / SOLOv2 losses (SOLO Eq. 1–3).
 
     ``loss_ins = dice_weight · mean_k (1 − dice_k)`` over all positive masks of the batch;
     ``loss_cate = focal_weight · Σ focal(cells × classes) / (num_pos_cells + 1)``.
@@ -137,8 +137,9 @@ def solo_focal_dice_losses(
         targets: the batch's :class:`SOLOTargets`; dice: its :class:`MaskDice`.
 
     Returns:
-        ``{"loss_ins", "loss_cate"}``; without positives ``loss_ins`` is a zero attached to the
-        instance branch (the official code raises there).
+        losses ``{"loss_ins", "loss_cate"}`` (without positives ``loss_ins`` is a zero attached to
+        the instance branch; the official code raises there) and the statistics to log
+        (:func:`solo_scalars`).
     """
     num_classes = cate_logits.shape[-1]
     logits = cate_logits.reshape(-1, num_classes).float()
@@ -150,12 +151,9 @@ def solo_focal_dice_losses(
         loss_ins = dice_weight * dice.losses.mean()
     else:
         loss_ins = dice.anchor
-    put_scalars("solov2/", {
-        "num_pos_cells": targets.num_pos_cells,
-        "num_pos_masks": int(dice.losses.numel()),
-        "dice_coef_mean": (1 - dice.losses.detach()).mean() if dice.losses.numel() else None,
-    })
-    return {"loss_ins": loss_ins, "loss_cate": loss_cate}
+    mean_dice = (1 - dice.losses.detach()).mean() if dice.losses.numel() else None
+    stats = solo_scalars(targets, int(dice.losses.numel()), mean_dice)
+    return {"loss_ins": loss_ins, "loss_cate": loss_cate}, stats
 
 
 def rs_solo_losses(
@@ -163,8 +161,8 @@ def rs_solo_losses(
     targets: SOLOTargets,
     dice: MaskDice,
     delta: float = 0.5,
-) -> Dict[str, torch.Tensor]:
-    """RS-SOLOv2 losses (spec §6): RS Loss with dice sorting targets + balanced dice.
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, Statistic]]:
+    """RS-SOLOv2 losses (RS Loss paper Sec. 4): RS Loss with dice sorting targets + balanced dice.
 
     1. flat logits: every cell × class of the batch; targets one-hot with the positive entries
        set to the dice coefficient ``1 − ℓ_k`` (detached) of that cell's predicted mask — a
@@ -179,7 +177,8 @@ def rs_solo_losses(
     quirk is NOT reproduced: here ℓ_k, its target entry and w_k all belong to the same cell.
 
     Returns:
-        ``{"loss_rank", "loss_sort", "loss_ins"}``; zeros attached to the graph without positives.
+        losses ``{"loss_rank", "loss_sort", "loss_ins"}`` (zeros attached to the graph without
+        positives) and the statistics to log (:func:`solo_scalars`).
     """
     num_classes = cate_logits.shape[-1]
     logits = cate_logits.reshape(-1, num_classes)
@@ -188,9 +187,9 @@ def rs_solo_losses(
     p = rows.numel()
     if p == 0:
         zero = logits.sum() * 0
-        put_scalars("solov2/", {"num_pos_cells": 0, "num_pos_masks": 0, "dice_coef_mean": None,
-                                "loss_ins_unbalanced": None, "lambda": 0.0})
-        return {"loss_rank": zero, "loss_sort": zero.detach().clone(), "loss_ins": dice.anchor}
+        stats = solo_scalars(targets, 0, None, loss_unbalanced=None, lam=0.0)
+        return ({"loss_rank": zero, "loss_sort": zero.detach().clone(), "loss_ins": dice.anchor},
+                stats)
     dice_coef = (1 - dice.losses.detach()).float()
     sort_targets = torch.zeros(logits.shape[0], dtype=dice_coef.dtype, device=logits.device)
     sort_targets[rows] = dice_coef
@@ -199,11 +198,20 @@ def rs_solo_losses(
     weights = positive_score_weights(logits[rows])
     loss_ins = score_weighted_mean(dice.losses, weights, eps=_SCORE_WEIGHT_EPS)
     lam = balancing_lambda(loss_ins, loss_rank + loss_sort)
-    put_scalars("solov2/", {
-        "num_pos_cells": targets.num_pos_cells,
-        "num_pos_masks": p,
-        "dice_coef_mean": dice_coef.mean(),
-        "loss_ins_unbalanced": loss_ins.detach(),
-        "lambda": lam,
-    })
-    return {"loss_rank": loss_rank, "loss_sort": loss_sort, "loss_ins": loss_ins * lam}
+    stats = solo_scalars(targets, p, dice_coef.mean(), loss_unbalanced=loss_ins.detach(), lam=lam)
+    return {"loss_rank": loss_rank, "loss_sort": loss_sort, "loss_ins": loss_ins * lam}, stats
+
+
+def solo_scalars(targets: SOLOTargets, num_masks: int, mean_dice, **rs) -> Dict[str, Statistic]:
+    """The logged statistics of both SOLO losses, with the names every family uses.
+
+    ``num_pos`` (positive cells per image), ``num_masks`` (positive masks of the batch),
+    ``mean_pos_dice`` (mean dice coefficient of the positive masks, RS-SOLOv2's sorting target)
+    and, for RS-SOLOv2 (``rs``: ``loss_unbalanced``, ``lam``), the names of
+    :func:`rsloss_d2.modeling.box_losses.rs_mask_scalars`. ``None``: undefined here.
+    """
+    stats = {"num_pos": targets.num_pos_cells / targets.labels.shape[0], "num_masks": num_masks,
+             "mean_pos_dice": mean_dice}
+    if rs:
+        stats.update(rs_mask_scalars(rs["loss_unbalanced"], rs["lam"]))
+    return stats

@@ -1,7 +1,8 @@
 """Unified mask-feature branch of SOLOv2 (``MaskFeatHead``; SOLOv2 paper Sec. 3.2.2, Fig. 3).
 
-Spec: ``shared/spec/solo.md`` §3. The dynamic kernels of the instance head are applied to its
-output as a 1×1 convolution (:func:`dynamic_mask_logits`).
+SOLOv2 Sec. 3.2 (mask feature branch); ``mask_feat_head.py`` of the SOLO repository. The dynamic
+kernels of the instance head are applied to its output as a 1×1 convolution
+(:func:`dynamic_mask_logits`).
 """
 from __future__ import annotations
 

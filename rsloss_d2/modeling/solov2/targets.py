@@ -1,11 +1,12 @@
 """Grid-cell targets of SOLO / SOLOv2 / RS-SOLOv2 (SOLO paper Sec. 3.2–3.3, centre sampling).
 
-Spec: ``shared/spec/solo.md`` §4 (and §8 for SOLO's per-level mask targets). Everything is
+Official: ``solov2_target_single`` of ``mmdet/models/anchor_heads/solov2_head.py`` of the SOLO
+repository (``solo_head.py`` for SOLO's per-level mask targets). Everything is
 computed for all GTs of all images of the batch at once (one loop over the five levels); there is
 one host read per batch: the number of positives (a data-dependent size), read together with the
 other counts the losses need (:class:`SOLOTargets`).
 
-Differences from mmdet-1, as AdelaiDet (spec §9): GT boxes are Detectron2's (x2 = x1 + w, no −1)
+Differences from mmdet-1, as AdelaiDet: GT boxes are Detectron2's (x2 = x1 + w, no −1)
 and the masks are those of Detectron2's mapper (at the resized image size, zero-padded to the
 padded batch size). Crowd annotations never reach the model (Detectron2's mapper drops them, as
 mmdet puts them in ``gt_bboxes_ignore``, unused).
@@ -29,7 +30,7 @@ __all__ = [
     "build_solo_targets",
 ]
 
-# How cells covered by several GTs of one image are resolved (spec §4.6, §6, §8):
+# How cells covered by several GTs of one image are resolved :
 #   "all":   official SOLOv2 — the cell's label is the last GT's, and every (GT, cell) pair is a
 #            positive mask (a cell can have two masks);
 #   "last":  SOLO — last GT overwrites label and mask: one positive per cell;
@@ -117,7 +118,7 @@ def mask_centers(masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch
 def level_cells(c_y: torch.Tensor, c_x: torch.Tensor, box_w: torch.Tensor, box_h: torch.Tensor,
                 num_grid: int, sigma: float, padded_size: Tuple[int, int]
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Cells of the centre region of each GT on an S × S grid (spec §4 steps 1–4).
+    """Cells of the centre region of each GT on an S × S grid (SOLO Sec. 3.1).
 
     The centre region is the σ-scaled box around the mask's centre of mass, limited to the 3×3
     cells around the centre cell.
@@ -164,7 +165,7 @@ def build_solo_targets(
     num_classes: int,
     cell_assignment: str = "all",
 ) -> SOLOTargets:
-    """Category labels and positive (cell, GT) pairs of a batch (spec §4).
+    """Category labels and positive (cell, GT) pairs of a batch (SOLO Sec. 3.1).
 
     A GT is assigned at level l if ``lo_l ≤ √(w·h) ≤ hi_l`` (inclusive; ranges overlap, so a GT
     may be positive on two levels) and its padded mask is not empty (an object that vanished

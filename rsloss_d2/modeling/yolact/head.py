@@ -1,5 +1,6 @@
 """YOLACT prediction head, protonet and semantic auxiliary head (Bolya et al. 2019, Sec. 3.1–3.2;
-spec models.md §7: mmdet ``YOLACTHead``, ``YOLACTProtonet``, ``YOLACTSegmHead``).
+``mmdet/models/dense_heads/yolact_head.py``: mmdet ``YOLACTHead``, ``YOLACTProtonet``,
+``YOLACTSegmHead``).
 
 All convs have biases, xavier-uniform weights and zero biases (official init) and no normalisation
 (official); ``MODEL.YOLACT.HEAD_NORM`` adds one (e.g. GN) after the shared head conv and the

@@ -1,5 +1,6 @@
-"""Inference of YOLACT / RS-YOLACT (spec models.md §7, Test): per-level top-k, decoding, Fast NMS,
-mask assembly, crop by the predicted box, upsampling to the output image size, threshold.
+"""Inference of YOLACT / RS-YOLACT (``get_bboxes`` of mmdet's ``yolact_head.py``): per-level top-k,
+decoding, Fast NMS, mask assembly, crop by the predicted box, upsampling to the output image size,
+threshold.
 
 The meta-arch's ``forward`` calls :func:`yolact_inference` both for evaluation and for
 ``tools/demo.py`` (``DefaultPredictor``), so both draw the same masks.

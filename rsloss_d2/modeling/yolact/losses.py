@@ -1,5 +1,6 @@
 """Losses of YOLACT (softmax + OHEM, SmoothL1, mask BCE, semantic BCE) and RS-YOLACT (RS Loss,
-score-weighted GIoU and dice, value-based balancing). Spec: models.md §7, ranking_losses.md §2.5.
+score-weighted GIoU and dice, value-based balancing). Official: mmdet's ``yolact_head.py`` and the
+RS-YOLACT head of the RankSortLoss repository.
 
 Every function works on the whole per-process batch at once (no loop over images or positives).
 """
@@ -10,7 +11,12 @@ import torch.nn.functional as F
 
 from rsloss_d2.losses import balancing_lambda, score_weighted_mean
 from rsloss_d2.losses.dice import dice_loss
-from rsloss_d2.modeling.box_losses import rs_detection_losses
+from rsloss_d2.modeling.box_losses import (
+    Statistic,
+    rs_detection_losses,
+    rs_mask_scalars,
+    rs_scalars,
+)
 
 from .targets import YOLACTTargets
 
@@ -128,8 +134,9 @@ def semantic_segmentation_loss(logits: torch.Tensor, targets: YOLACTTargets) -> 
 
 def rs_yolact_losses(logits: torch.Tensor, labels: torch.Tensor, pos_pred_boxes: torch.Tensor,
                      pos_gt_boxes: torch.Tensor, pos_masks: torch.Tensor,
-                     pos_mask_targets: torch.Tensor, delta: float = 0.5) -> Dict[str, torch.Tensor]:
-    """RS-YOLACT losses (spec models.md §7): RS Loss over all anchors × K with IoU sorting
+                     pos_mask_targets: torch.Tensor, delta: float = 0.5, num_images: int = 1
+                     ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Statistic]]:
+    """RS-YOLACT losses (RS Loss paper, Sec. 5): RS Loss over all anchors × K with IoU sorting
     targets, GIoU box loss and dice mask loss, both averaged with the detached max-sigmoid score
     weights w_k and balanced by their own λ = (L_rank + L_sort) / L (two λ's).
 
@@ -141,12 +148,12 @@ def rs_yolact_losses(logits: torch.Tensor, labels: torch.Tensor, pos_pred_boxes:
         logits: (R, K) flat logits of the batch (image-major). labels: (R,) 0..K−1 / K / −1.
         pos_pred_boxes, pos_gt_boxes: (P, 4) decoded predictions and assigned GTs of the
             positives, in row order. pos_masks: (P, H, W) cropped mask probabilities;
-            pos_mask_targets: (P, H, W) {0, 1}.
+            pos_mask_targets: (P, H, W) {0, 1}. num_images: images of the batch (statistics).
 
     Returns:
-        dict with ``loss_rank``, ``loss_sort``, ``loss_bbox``, ``loss_mask`` and detached
-        statistics ``num_pos``, ``box_lambda``, ``mask_lambda``, ``loss_bbox_unbalanced``,
-        ``loss_mask_unbalanced``, ``mean_iou``.
+        losses ``loss_rank``, ``loss_sort``, ``loss_bbox``, ``loss_mask`` and the statistics to
+        log (:func:`~rsloss_d2.modeling.box_losses.rs_scalars`,
+        :func:`~rsloss_d2.modeling.box_losses.rs_mask_scalars`).
     """
     rs = rs_detection_losses(logits, labels, pos_pred_boxes, pos_gt_boxes, delta=delta)
     if rs.num_pos == 0:
@@ -154,7 +161,6 @@ def rs_yolact_losses(logits: torch.Tensor, labels: torch.Tensor, pos_pred_boxes:
         mask_loss = zero_mask
         unbalanced = zero_mask.detach()
         mask_lambda = zero_mask.detach()
-        mean_iou = zero_mask.detach()
     else:
         # eps once (1e-5): dice_loss adds its eps to each of the two sums
         per_mask = dice_loss(pos_masks.clamp(0, 1), pos_mask_targets, eps=0.5e-5)
@@ -162,16 +168,8 @@ def rs_yolact_losses(logits: torch.Tensor, labels: torch.Tensor, pos_pred_boxes:
         mask_lambda = balancing_lambda(unbalanced, rs.loss_rank + rs.loss_sort)  # detached
         mask_loss = unbalanced * mask_lambda  # value L_rank + L_sort, gradient λ_mask ∂L_mask
         unbalanced = unbalanced.detach()
-        mean_iou = rs.ious.mean()
-    return {
-        "loss_rank": rs.loss_rank,
-        "loss_sort": rs.loss_sort,
-        "loss_bbox": rs.loss_box,
-        "loss_mask": mask_loss,
-        "num_pos": rs.num_pos,
-        "box_lambda": rs.box_lambda,
-        "mask_lambda": mask_lambda,
-        "loss_bbox_unbalanced": rs.loss_box_unbalanced,
-        "loss_mask_unbalanced": unbalanced,
-        "mean_iou": mean_iou,
-    }
+    losses = {"loss_rank": rs.loss_rank, "loss_sort": rs.loss_sort, "loss_bbox": rs.loss_box,
+              "loss_mask": mask_loss}
+    stats = rs_scalars(rs, num_images)
+    stats.update(rs_mask_scalars(unbalanced, mask_lambda))
+    return losses, stats

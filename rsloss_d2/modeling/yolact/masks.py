@@ -1,4 +1,5 @@
-"""Mask assembly of YOLACT (Sec. 3.2): ``M = σ(P Cᵀ)`` cropped by a box (spec models.md §7)."""
+"""Mask assembly of YOLACT (Sec. 3.2): ``M = σ(P Cᵀ)`` cropped by a box (mmdet ``yolact_head.py``).
+"""
 from typing import Optional
 
 import torch

@@ -1,5 +1,6 @@
-"""Anchors, ground-truth preparation and anchor assignment of YOLACT / RS-YOLACT (spec models.md
-§7: mmdet ``AnchorGenerator`` with YOLACT's centres and ``MaxIoUAssigner``), batched over images.
+"""Anchors, ground-truth preparation and anchor assignment of YOLACT / RS-YOLACT (mmdet
+``AnchorGenerator`` with YOLACT's centres and ``MaxIoUAssigner``, as ``yolact_head.py`` of the
+official RankSortLoss repository configures them), batched over images.
 """
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
@@ -8,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from detectron2.structures import BitMasks, Instances, PolygonMasks
+
+from ..matchers import NEGATIVE, max_iou_assign
 
 __all__ = ["yolact_anchors", "YOLACTTargets", "prepare_targets", "assign_anchors"]
 
@@ -87,9 +90,8 @@ def prepare_targets(gt_instances: List[Instances], image_sizes: List[Tuple[int, 
         g = len(inst)
         if g == 0:
             continue
-        # no host sync: x and y columns scaled by Python floats (was a small tensor copied to
-        # the device per image); same float32 products (the scalar is rounded to float32 as
-        # the tensor's entries were)
+        # no host sync: x and y columns scaled by Python floats (a per-image tensor of scales
+        # would be a host-to-device copy); the scalar is rounded to float32 in the product
         gt_boxes = inst.gt_boxes.tensor.to(boxes)
         boxes[i, :g, 0::2] = gt_boxes[:, 0::2] * (input_size / w)
         boxes[i, :g, 1::2] = gt_boxes[:, 1::2] * (input_size / h)
@@ -104,21 +106,10 @@ def prepare_targets(gt_instances: List[Instances], image_sizes: List[Tuple[int, 
     return YOLACTTargets(boxes, classes, valid, masks, sem)
 
 
-def pairwise_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """(B, G, 4) × (R, 4) → (B, G, R) IoUs (mmdet ``bbox_overlaps``)."""
-    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    lt = torch.max(boxes1[..., :, None, :2], boxes2[None, None, :, :2])
-    rb = torch.min(boxes1[..., :, None, 2:], boxes2[None, None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (area1[..., None] + area2[None, None] - inter).clamp(min=eps)
-
-
 def assign_anchors(anchors: torch.Tensor, targets: YOLACTTargets, neg_iou: float,
                    pos_iou: float, min_pos_iou: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
     """mmdet ``MaxIoUAssigner`` (``gt_max_assign_all=False``, ``match_low_quality=True``) for all
-    images at once.
+    images at once (:func:`rsloss_d2.modeling.matchers.max_iou_assign`).
 
     An anchor is negative if its max IoU over the image's GTs is in [0, neg_iou), positive (for
     its best GT, first index on ties) if ≥ pos_iou; then each GT whose best IoU is ≥
@@ -133,30 +124,10 @@ def assign_anchors(anchors: torch.Tensor, targets: YOLACTTargets, neg_iou: float
         state (B, R) int64: 1 positive, 0 negative, −1 ignored;
         matched (B, R) int64: GT index (in 0..G−1) of each positive (0 elsewhere).
     """
-    b, g = targets.valid.shape
-    r = anchors.shape[0]
-    device = anchors.device
-    if g == 0:
-        zeros = torch.zeros((b, r), dtype=torch.int64, device=device)
-        return zeros, zeros.clone()
-    iou = pairwise_iou(targets.boxes, anchors)
-    iou = torch.where(targets.valid[..., None], iou, iou.new_full((), -1.0))
-    max_iou, argmax = iou.max(dim=1)  # (B, R): best GT of each anchor
-    state = torch.full((b, r), -1, dtype=torch.int64, device=device)
-    state[(max_iou >= 0) & (max_iou < neg_iou)] = 0
-    state[max_iou >= pos_iou] = 1
-    matched = argmax
-    # low-quality matches: GT j claims its best anchor; the highest j wins a shared anchor
-    gt_max, gt_argmax = iou.max(dim=2)  # (B, G)
-    claims = targets.valid & (gt_max >= min_pos_iou)
-    gt_ids = torch.arange(g, device=device).expand(b, g)
-    src = torch.where(claims, gt_ids, torch.full_like(gt_ids, -1))
-    claimed = torch.full((b, r), -1, dtype=torch.int64, device=device)
-    claimed.scatter_reduce_(1, gt_argmax, src, reduce="amax", include_self=True)
-    low = claimed >= 0
-    state = torch.where(low, torch.ones_like(state), state)
-    matched = torch.where(low, claimed, matched)
-    has_gt = targets.valid.any(dim=1, keepdim=True)
-    state = torch.where(has_gt, state, torch.zeros_like(state))
-    matched = torch.where(state == 1, matched, torch.zeros_like(matched))
-    return state, matched
+    every = torch.ones(targets.valid.shape[:1] + anchors.shape[:1], dtype=torch.bool,
+                       device=anchors.device)
+    assigned = max_iou_assign(anchors, targets.boxes, every, pos_iou, neg_iou, min_pos_iou,
+                              match_low_quality=True, gt_max_assign_all=False,
+                              gt_valid=targets.valid)
+    state = torch.where(assigned >= 0, 1, torch.where(assigned == NEGATIVE, 0, -1))
+    return state, assigned.clamp(min=0)

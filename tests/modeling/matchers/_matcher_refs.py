@@ -1,13 +1,13 @@
-"""Plain reference implementations of the dense-detector matchers, written from the spec
-(models.md §3, §4) and sklearn's EM, with loops over objects: the oracles of the matcher tests and
-of ``tools/benchmark_paa.py``."""
+"""Plain reference implementations of the dense-detector matchers, written from the papers (ATSS
+Alg. 1, PAA §3.1) and sklearn's EM, with loops over objects: the oracles of the matcher tests and of
+``tools/benchmarks/benchmark_paa.py``."""
 import math
 
 import numpy as np
 import torch
 
 
-# ---------------------------------------------------------------- ATSS (models.md §3, Alg. 1)
+# ---------------------------------------------------------------- ATSS (Alg. 1)
 def iou_py(a, b):
     """IoU of two XYXY boxes given as Python float sequences (mmdet: union clamped at 1e-6)."""
     w = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
@@ -62,7 +62,7 @@ def grid_anchors(size, stride, sizes, offset=0.0):
     return boxes.reshape(-1, 4)
 
 
-# ---------------------------------------------------------------- PAA (models.md §4)
+# ---------------------------------------------------------------- PAA (§3.1)
 def gmm_em_reference(x, reg_covar=1e-5, max_iter=100, tol=1e-3):
     """One two-component 1-D GMM fitted by sklearn's EM algorithm (init means (min, max),
     weights ½, variances 1; E-step, M-step, stop when the mean log-likelihood of the E-step changed
@@ -96,7 +96,7 @@ def gmm_em_reference(x, reg_covar=1e-5, max_iter=100, tol=1e-3):
 
 
 def paa_reference(costs, gt_inds, levels, num_gts, topk=9, fit=None):
-    """PAA selection, one ground truth at a time (models.md §4). ``fit(x) -> (labels,
+    """PAA selection, one ground truth at a time (PAA §3.1). ``fit(x) -> (labels,
     log-densities)`` fits the GMM to the ascending costs x (default: :func:`gmm_em_reference`).
     Ties: equal costs -> input order; equal highest log-density of label 0 -> all of that cost."""
     fit = fit or (lambda v: gmm_em_reference(v)[:2])
@@ -148,7 +148,7 @@ def random_paa_case(gen, num_gts, num_levels=5, max_per_level=14, rounding=None)
     return costs[perm].float(), torch.tensor(gts)[perm], torch.tensor(lvls)[perm]
 
 
-# ---------------------------------------------------------------- score voting (models.md §4)
+# ---------------------------------------------------------------- score voting (PAA §3.4)
 def score_voting_reference(det_boxes, det_labels, cand_boxes, cand_scores, score_thr=0.05,
                            sigma=0.025):
     """Per-detection loop, in float64: neighbours = candidates of the detection's class with

@@ -1,4 +1,4 @@
-"""ATSS assignment (models.md §3): hand-computed cases of the paper's rule, a per-GT reference on
+"""ATSS assignment (ATSS Alg. 1): hand-computed cases of the paper's rule, a per-GT reference on
 random cases, empty / degenerate / single-candidate inputs, and the batched variant."""
 import torch
 

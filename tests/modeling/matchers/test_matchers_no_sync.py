@@ -2,19 +2,21 @@
 the frozen-row EM (host check every K iterations) vs the EM that shrank its rows every iteration,
 the all-rows ATSS tie rule vs the fix-up of the ambiguous rows only, the host-side valid grid vs
 the device mask. (That they do not synchronise with the host is measured on a GPU by
-tools/count_host_syncs.py; the counts are in the README.)"""
+tools/diagnostics/count_host_syncs.py; the counts are in the README.)"""
 import math
 
 import pytest
 import torch
 
 from _matcher_refs import grid_anchors, random_paa_case
-from rsloss_d2.modeling.dense_heads.dense_assignment import (
+from rsloss_d2.modeling.matchers import (
     atss_assign,
+    atss_match_batch,
+    gmm2_em_1d,
+    paa_reassign,
     valid_anchor_mask,
     valid_grid_sizes,
 )
-from rsloss_d2.modeling.matchers import atss_match_batch, gmm2_em_1d, paa_reassign
 from rsloss_d2.modeling.matchers.atss import _level_candidates
 from rsloss_d2.modeling.matchers.paa import _logsumexp2, _weighted_log_prob
 
@@ -157,7 +159,7 @@ def test_host_valid_grid_equals_device_mask_and_atss_assign_paths_agree():
         half = torch.tensor([s * 4.0, s * 5.0]).reshape(1, -1, 1) / 2
         per_level.append(torch.cat([ctr - half, ctr + half], -1).reshape(-1, 4))
     sizes = [(64, 64), (40, 30), (64, 20), (33, 64)]
-    valid = valid_anchor_mask(grid, strides, num_a, torch.tensor(sizes), 32)
+    valid = valid_anchor_mask(per_level, strides, sizes, 32)
     vs = valid_grid_sizes(grid, strides, sizes, 32)
     for i, per_img in enumerate(vs):
         cells = [torch.zeros(h, w, num_a, dtype=torch.bool) for h, w in grid]

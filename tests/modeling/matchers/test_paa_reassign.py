@@ -1,4 +1,4 @@
-"""PAA re-assignment (models.md §4): the batched EM equals a per-object EM written from sklearn's
+"""PAA re-assignment (PAA paper §3.1): the batched EM equals a per-object EM written from sklearn's
 algorithm, and the selection equals a per-GT reference, on random cost sets incl. GTs with 0, 1,
 2 candidates, equal costs and ties."""
 import numpy as np

@@ -1,4 +1,4 @@
-"""PAA score voting (models.md §4): hand-made case and a per-detection loop reference."""
+"""PAA score voting (PAA §3.4): hand-made case and a per-detection loop reference."""
 import math
 
 import torch

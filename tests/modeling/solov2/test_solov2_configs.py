@@ -45,7 +45,7 @@ def test_config_builds(path):
     s = cfg.MODEL.SOLOV2
     rs = name.startswith("rs_")
     assert cfg.MODEL.META_ARCHITECTURE == "SOLOv2" and cfg.MODEL.MASK_ON
-    assert s.LOSS.TYPE == ("rank_sort" if rs else "focal_dice")
+    assert s.LOSS == ("rank_sort" if rs else "focal_dice")
     assert s.CELL_ASSIGNMENT == ("first" if rs else ("last" if "solo_" in name and
                                                       "solov2" not in name else "all"))
     assert s.SCORE_THR == (0.2 if rs else 0.1)

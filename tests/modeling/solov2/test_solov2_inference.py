@@ -1,4 +1,5 @@
-"""SOLO inference (spec §7): point NMS, candidates, area filter, maskness, Matrix NMS, chunks."""
+"""SOLO inference (official ``get_seg``): point NMS, candidates, area filter, maskness, Matrix
+NMS, chunks."""
 import math
 
 import torch

@@ -1,4 +1,4 @@
-"""SOLO / SOLOv2 / RS-SOLOv2 losses against plain per-positive references (spec §5, §6, §8)."""
+"""SOLO / SOLOv2 / RS-SOLOv2 losses against plain per-positive references (SOLO Eq. 1–3)."""
 import pytest
 import torch
 from detectron2.utils.events import EventStorage
@@ -100,9 +100,12 @@ def test_focal_dice_values():
     cate, ins, feats = outputs("dynamic")
     dice = positive_mask_dice("dynamic", ins, feats, targets, GRIDS, [4, 4])
     with EventStorage(0) as storage:
-        losses = solo_focal_dice_losses(flatten_cate_logits(cate), targets, dice)
-        assert storage.history("solov2/num_pos_cells").latest() == 8
-        assert storage.history("solov2/num_pos_masks").latest() == 9
+        losses, stats = solo_focal_dice_losses(flatten_cate_logits(cate), targets, dice)
+        assert not storage.latest()  # the loss function returns its statistics, never logs
+    assert float(stats["num_pos"]) == pytest.approx(8 / 3)  # positive cells per image
+    assert stats["num_masks"] == 9
+    ref_dice = 1 - reference_pos_dice("dynamic", ins, feats, targets).detach()
+    assert float(stats["mean_pos_dice"]) == pytest.approx(float(ref_dice.mean()), rel=1e-5)
     # one-hot targets per (image, cell, class) in the official flattening
     flat = torch.cat([x.permute(0, 2, 3, 1).reshape(3, -1, C) for x in cate], 1).reshape(-1, C)
     onehot = torch.zeros_like(flat)
@@ -121,9 +124,8 @@ def test_rs_losses_align_dice_by_cell():
     assert targets.pos_gt.tolist() == [0, 0, 0, 0, 1, 0, 1, 1]  # cell 17: first GT (A)
     cate, ins, feats = outputs("dynamic", seed=3)
     dice = positive_mask_dice("dynamic", ins, feats, targets, GRIDS, [4, 4])
-    with EventStorage(0) as storage:
-        losses = rs_solo_losses(flatten_cate_logits(cate), targets, dice, delta=0.5)
-        lam_logged = storage.history("solov2/lambda").latest()
+    losses, stats = rs_solo_losses(flatten_cate_logits(cate), targets, dice, delta=0.5)
+    lam_logged = float(stats["lambda_mask"])
 
     # reference: flat vector over (image, cell) × class with dice coefficients per cell
     ell = reference_pos_dice("dynamic", ins, feats, targets)
@@ -138,6 +140,7 @@ def test_rs_losses_align_dice_by_cell():
     l_ins = (w * ell).sum() / w.sum()
     lam = (ref_rank + ref_sort) / l_ins
     assert abs(lam_logged - float(lam)) < 1e-4
+    assert float(stats["loss_mask_unbalanced"]) == pytest.approx(float(l_ins), rel=1e-5)
     assert torch.allclose(losses["loss_ins"], ref_rank + ref_sort, atol=1e-6)  # value-balanced
     # gradient of loss_ins = λ ∂(Σ w ℓ / Σ w) (only the instance branch)
     g_ins = torch.autograd.grad(losses["loss_ins"], ins[0], retain_graph=True)[0]
@@ -155,13 +158,13 @@ def test_no_positive_batch_gives_attached_zeros(head_type):
     cate, ins, feats = outputs(head_type, batch=2)
     strides = [4, 4] if head_type == "dynamic" else [4, 8]
     dice = positive_mask_dice(head_type, ins, feats, targets, GRIDS, strides)
-    with EventStorage(0):
-        for losses in (rs_solo_losses(flatten_cate_logits(cate), targets, dice),
-                       solo_focal_dice_losses(flatten_cate_logits(cate), targets, dice)):
-            total = sum(losses.values())
-            assert torch.isfinite(total)
-            params = [p for p in cate] + ([feats] if head_type == "dynamic" else []) + [
-                t for x in ins for t in (x if isinstance(x, tuple) else (x,))]
-            grads = torch.autograd.grad(total, params, retain_graph=True)
-            assert all(torch.isfinite(gr).all() for gr in grads)
-            assert float(losses["loss_ins"]) == 0.0
+    for losses, stats in (rs_solo_losses(flatten_cate_logits(cate), targets, dice),
+                          solo_focal_dice_losses(flatten_cate_logits(cate), targets, dice)):
+        assert float(stats["num_pos"]) == 0 and stats["mean_pos_dice"] is None
+        total = sum(losses.values())
+        assert torch.isfinite(total)
+        params = [p for p in cate] + ([feats] if head_type == "dynamic" else []) + [
+            t for x in ins for t in (x if isinstance(x, tuple) else (x,))]
+        grads = torch.autograd.grad(total, params, retain_graph=True)
+        assert all(torch.isfinite(gr).all() for gr in grads)
+        assert float(losses["loss_ins"]) == 0.0

@@ -18,7 +18,7 @@ from _solo_helpers import make_instances, random_image_batch, rect
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 VARIANTS = {
     "solov2": [],
-    "rs_solov2": ["MODEL.SOLOV2.LOSS.TYPE", "rank_sort", "MODEL.SOLOV2.CELL_ASSIGNMENT", "first"],
+    "rs_solov2": ["MODEL.SOLOV2.LOSS", "rank_sort", "MODEL.SOLOV2.CELL_ASSIGNMENT", "first"],
     "solo": ["MODEL.SOLOV2.INSTANCE_HEAD_TYPE", "vanilla", "MODEL.SOLOV2.CELL_ASSIGNMENT", "last"],
     "decoupled": ["MODEL.SOLOV2.INSTANCE_HEAD_TYPE", "decoupled",
                   "MODEL.SOLOV2.CELL_ASSIGNMENT", "last"],
@@ -67,13 +67,13 @@ def test_bad_input_trains_without_nan(variant):
     only_empty, mixed = bad_batch()
     losses, storage = check_step(model, only_empty)
     assert float(losses["loss_ins"].detach()) == 0.0
-    assert storage.history("solov2/num_pos_cells").latest() == 0
+    assert storage.history("solov2/num_pos").latest() == 0
     losses, storage = check_step(model, mixed)
     assert float(losses["loss_ins"].detach()) > 0  # the normal object trains its mask
-    assert storage.history("solov2/num_pos_cells").latest() > 0
+    assert storage.history("solov2/num_pos").latest() > 0
     if variant == "rs_solov2":
         assert set(losses) == {"loss_rank", "loss_sort", "loss_ins"}
-        assert storage.history("solov2/lambda").latest() > 0
+        assert storage.history("solov2/lambda_mask").latest() > 0
     else:
         assert set(losses) == {"loss_ins", "loss_cate"}
 
@@ -145,4 +145,4 @@ def test_crowd_annotations_are_ignored(tmp_path):
     inp = DatasetMapper(cfg, is_train=True)(record)
     assert len(inp["instances"]) == 1
     losses, storage = check_step(model, [inp])
-    assert storage.history("solov2/num_pos_cells").latest() > 0
+    assert storage.history("solov2/num_pos").latest() > 0

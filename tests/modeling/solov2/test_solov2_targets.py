@@ -11,7 +11,7 @@ from _solo_helpers import GRIDS, RANGES, SIGMA, hand_batch, make_instances
 
 
 def by_hand():
-    """The rule of spec §4 worked by hand for hand_batch() (cells over levels: 0..15, 16..19).
+    """The official target rule worked by hand for hand_batch() (cells over levels: 0..15, 16..19).
 
     A: centre (15.5, 47.5), w = h = 16, half = 0.5·0.2·16 = 1.6, in both ranges.
       S=4: centre cell (0, 2); box rows floor(13.9/16)=0..floor(17.1/16)=1, cols 2..3
@@ -55,7 +55,7 @@ def test_hand_made_assignment(mode):
 
 
 def official_cells(cy, cx, w, h, s, sigma, hu, wu):
-    """Literal transcription of the official float expressions (spec §4 steps 1–4)."""
+    """Literal transcription of the official float expressions (``solov2_target_single``)."""
     half_w, half_h = 0.5 * sigma * w, 0.5 * sigma * h
     coord_w = int((cx / wu) // (1.0 / s))
     coord_h = int((cy / hu) // (1.0 / s))

@@ -66,11 +66,11 @@ def train_and_check(name, root, tmp_path_factory):
     segm = parse_copypaste(proc.stdout)["segm"]
     assert segm["AP"] > floor, segm
     assert "oLRP" in proc.stdout  # Optimal LRP evaluated beside AP on the SOLO masks
-    train = [m for m in read_metrics(out) if "solov2/num_pos_cells" in m]
+    train = [m for m in read_metrics(out) if "solov2/num_pos" in m]
     assert len(train) >= iters // 20 - 1
-    assert all(m["solov2/num_pos_cells"] > 0 for m in train)
+    assert all(m["solov2/num_pos"] > 0 for m in train)
     if name == "rs_solov2":
-        assert all(m["solov2/lambda"] > 0 for m in train)
+        assert all(m["solov2/lambda_mask"] > 0 for m in train)
         assert {"loss_rank", "loss_sort", "loss_ins"} <= set(train[-1])
         assert train[-1]["loss_rank"] < train[0]["loss_rank"]
     else:
@@ -113,7 +113,7 @@ def fit_fixed_batch(config, steps):
             total.backward()
             optimizer.step()
             history.append({k: float(v.detach()) for k, v in losses.items()})
-            history[-1]["dice"] = storage.history("solov2/dice_coef_mean").latest()
+            history[-1]["dice"] = storage.history("solov2/mean_pos_dice").latest()
             storage.step()
     return history
 

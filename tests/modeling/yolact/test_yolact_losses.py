@@ -1,4 +1,4 @@
-"""YOLACT / RS-YOLACT losses against plain per-image / per-positive references (spec §7)."""
+"""YOLACT / RS-YOLACT losses against plain per-image / per-positive references."""
 import torch
 import torch.nn.functional as F
 
@@ -111,7 +111,7 @@ def _rs_case(seed=0):
 
 def test_rs_yolact_losses_values_and_gradients():
     logits, labels, pos, pred, gt, masks, mt = _rs_case()
-    out = rs_yolact_losses(logits, labels, pred, gt, masks, mt, delta=0.5)
+    out, stats = rs_yolact_losses(logits, labels, pred, gt, masks, mt, delta=0.5, num_images=2)
     ious = aligned_iou(pred.detach(), gt)
     lr, ls = rank_sort_loss(logits.detach(), vectorize_labels(labels, 3, ious=ious), delta=0.5)
     assert torch.isclose(out["loss_rank"], lr) and torch.isclose(out["loss_sort"], ls)
@@ -120,16 +120,19 @@ def test_rs_yolact_losses_values_and_gradients():
             for m, t in zip(masks.detach(), mt)]
     l_mask = 1 - sum(wi * di for wi, di in zip(w, dice)) / w.sum()
     l_box = (w * giou_loss(pred.detach(), gt)).sum() / w.sum()
-    assert torch.isclose(out["loss_mask_unbalanced"], l_mask, atol=1e-6)
-    assert torch.isclose(out["loss_bbox_unbalanced"], l_box, atol=1e-6)
+    assert torch.isclose(stats["loss_mask_unbalanced"], l_mask, atol=1e-6)
+    assert torch.isclose(stats["loss_bbox_unbalanced"], l_box, atol=1e-6)
+    assert stats["num_pos"] == len(pos) / 2
+    assert torch.isclose(stats["mean_pos_iou"], ious.mean())
     # two lambdas: both balanced losses take the value L_rank + L_sort
     assert torch.isclose(out["loss_mask"], lr + ls) and torch.isclose(out["loss_bbox"], lr + ls)
-    assert torch.isclose(out["mask_lambda"], (lr + ls) / l_mask)
+    assert torch.isclose(stats["lambda_mask"], (lr + ls) / l_mask)
+    assert torch.isclose(stats["lambda_bbox"], (lr + ls) / l_box)
     # gradient of the mask loss = lambda_mask * d(L_mask)/d(masks)
     masks_ref = masks.detach().clone().requires_grad_(True)
     ref = 1 - sum(wi * 2 * (m * t).sum() / ((m * m).sum() + (t * t).sum() + 1e-5)
                   for wi, m, t in zip(w, masks_ref, mt)) / w.sum()
-    (ref * out["mask_lambda"]).backward()
+    (ref * stats["lambda_mask"]).backward()
     out["loss_mask"].backward(retain_graph=True)
     assert torch.allclose(masks.grad, masks_ref.grad, atol=1e-6)
     assert pred.grad is None  # the box loss is a separate output
@@ -138,8 +141,9 @@ def test_rs_yolact_losses_values_and_gradients():
 def test_rs_yolact_losses_without_positives_are_zero_and_attached():
     logits, labels, pos, pred, gt, masks, mt = _rs_case(1)
     labels = torch.where(labels >= 0, torch.full_like(labels, 3), labels)
-    out = rs_yolact_losses(logits, labels, pred[:0], gt[:0], masks[:0], mt[:0])
+    out, stats = rs_yolact_losses(logits, labels, pred[:0], gt[:0], masks[:0], mt[:0])
     total = out["loss_rank"] + out["loss_sort"] + out["loss_bbox"] + out["loss_mask"]
-    assert float(total.detach()) == 0.0 and out["num_pos"] == 0
+    assert float(total.detach()) == 0.0 and stats["num_pos"] == 0
+    assert stats["mean_pos_iou"] is None
     total.backward()
     assert torch.isfinite(logits.grad).all() and (logits.grad == 0).all()

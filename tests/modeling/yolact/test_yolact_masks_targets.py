@@ -1,5 +1,5 @@
 """YOLACT prototype assembly and cropping on hand-made cases; anchors of the official config;
-the batched MaxIoU assignment against a per-GT loop written from mmdet's rule (spec §7)."""
+the batched MaxIoU assignment against a per-GT loop written from mmdet's rule."""
 import math
 
 import torch

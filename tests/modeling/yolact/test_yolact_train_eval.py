@@ -81,7 +81,7 @@ def test_short_training_evaluates_above_floor(yolact_runs, loss):
     assert train and all(math.isfinite(m["total_loss"]) for m in train)
     if loss == "rank_sort":
         assert all(k in train[-1] for k in ("loss_rank", "loss_sort", "loss_mask",
-                                            "yolact/mask_lambda", "yolact/box_lambda"))
+                                            "yolact/lambda_mask", "yolact/lambda_bbox"))
         assert "loss_semantic" not in train[-1]
     else:
         assert "loss_semantic" in train[-1] and "loss_cls" in train[-1]

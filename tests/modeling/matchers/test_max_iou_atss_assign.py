@@ -1,16 +1,18 @@
-"""Batched anchor assignment of the ranking-loss dense detectors vs plain per-image / per-anchor
-references written from mmdet's rules (shared/spec/models.md §3, §9): valid flags, MaxIoUAssigner
-with the ignore band and low-quality matches, ATSS on the valid anchors of padded images."""
+"""Batched anchor assignment (matchers/max_iou.py, valid_flags.py, atss.py) vs plain per-image /
+per-anchor references written from mmdet's rules (``max_iou_assigner.py``, ``atss_assigner.py``,
+``anchor_generator.valid_flags``): valid flags, MaxIoUAssigner with the ignore band and
+low-quality matches, ATSS on the valid anchors of padded images."""
 import math
 
 import pytest
 import torch
 from torchvision.ops import box_iou
 
-from rsloss_d2.modeling.dense_heads import (
+from rsloss_d2.modeling.matchers import (
     IGNORED,
     NEGATIVE,
     atss_assign,
+    atss_match,
     max_iou_assign,
     valid_anchor_mask,
 )
@@ -30,11 +32,12 @@ def _grid_anchors(grid_sizes, strides, sizes):
 
 def test_valid_mask_is_anchor_centre_inside_the_image_padded_alone():
     grid, strides = [(8, 10), (4, 5), (2, 3)], [8, 16, 32]
-    sizes = torch.tensor([[61, 80], [30, 41]])  # image 1 sits in the batch padding
-    valid = valid_anchor_mask(grid, strides, 2, sizes, 32)
-    anchors = torch.cat(_grid_anchors(grid, strides, [[8, 12]] * 3))
+    sizes = [(61, 80), (30, 41)]  # image 1 sits in the batch padding
+    per_level = _grid_anchors(grid, strides, [[8, 12]] * 3)
+    valid = valid_anchor_mask(per_level, strides, sizes, 32)
+    anchors = torch.cat(per_level)
     ctr = (anchors[:, :2] + anchors[:, 2:]) / 2
-    for i, (h, w) in enumerate(sizes.tolist()):
+    for i, (h, w) in enumerate(sizes):
         ph, pw = math.ceil(h / 32) * 32, math.ceil(w / 32) * 32
         expect = (ctr[:, 0] < pw) & (ctr[:, 1] < ph)  # mmdet valid_flags, as a centre test
         assert torch.equal(valid[i], expect)
@@ -102,12 +105,9 @@ def test_max_iou_degenerate_gt_matches_nothing():
 
 
 def test_atss_assign_uses_the_valid_anchors_of_each_image():
-    from rsloss_d2.modeling.matchers import atss_match
-
     grid, strides = [(8, 8), (4, 4), (2, 2)], [8, 16, 32]
     per_level = _grid_anchors(grid, strides, [[32, 40], [64, 80], [128, 160]])
-    sizes = torch.tensor([[64, 64], [40, 30]])
-    valid = valid_anchor_mask(grid, strides, 2, sizes, 32)
+    valid = valid_anchor_mask(per_level, strides, [(64, 64), (40, 30)], 32)
     gts = [torch.tensor([[4.0, 6.0, 30.0, 40.0], [30.0, 28.0, 60.0, 62.0]]),
            torch.tensor([[2.0, 3.0, 20.0, 26.0], [10.0, 12.0, 28.0, 38.0]])]
     got = atss_assign(per_level, gts, valid, topk=9)
