@@ -161,7 +161,9 @@ class COCOOLRPEvaluator(_ExtrasMixin, COCOAPEvaluator):
                  **kwargs):
         """Arguments as `COCOEvaluator`, plus `tau` (IoU threshold of LRP), `save_thresholds`
         (write `lrp_optimal_thresholds.json` into `output_dir`), `olrp` / `ranking_quality`
-        (report them) and `ap_impl` ("vectorised" or "official": pycocotools' COCOeval)."""
+        (report them) and `ap_impl` ("vectorised" or "official": pycocotools' COCOeval).
+        Detectron2's `use_fast_impl` (its compiled COCOeval_opt) is not used."""
+        kwargs.setdefault("use_fast_impl", False)  # no "falling back" notice: AP is ap_impl's
         super().__init__(dataset_name, tasks, distributed, output_dir, **kwargs)
         self._setup_extras(tau, save_thresholds, olrp, ranking_quality, ap_impl)
         self._dataset_name = dataset_name
