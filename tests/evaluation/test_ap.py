@@ -89,8 +89,9 @@ def test_no_detection_gives_zero_ap_and_minus_one_without_gt():
 def test_crowd_ignore_and_gt_id_zero_like_pycocotools():
     gt = make_gt([{"id": 0, "bbox": [0, 0, 40, 40]},  # id 0: pycocotools never counts its match
                   {"bbox": [100, 100, 50, 50]},
-                  {"bbox": [200, 0, 150, 150], "iscrowd": 1}])
-    dets = [det([0, 0, 40, 40], 0.9), det([100, 100, 50, 48], 0.8),
+                  {"bbox": [200, 0, 150, 150], "iscrowd": 1},
+                  {"bbox": [0, 200, 60, 60], "ignore": 1}])  # COCOeval overrides it: iscrowd
+    dets = [det([0, 0, 40, 40], 0.9), det([100, 100, 50, 48], 0.8), det([0, 200, 60, 50], 0.75),
             det([210, 10, 40, 40], 0.7), det([220, 20, 40, 40], 0.6),  # inside the crowd
             det([0, 300, 30, 30], 0.5)]
     ap = assert_equal_to_cocoeval(gt, dets)
@@ -191,6 +192,16 @@ def test_lvis_masks_with_boxes_use_the_box_area():
                               "segm")
     assert with_box["AP"] == without["AP"]  # matching is by mask either way
     assert with_box["APm"] != without["APm"]  # the area ranges follow the box
+
+
+def test_lvis_ignore_flag_is_honoured():
+    gt, dets = make_lvis(9, num_images=20, num_classes=4, dets_per_image=12)
+    for a in gt["annotations"][::3]:
+        a["ignore"] = 1  # LVISEval keeps a GT's own "ignore" (no crowd in LVIS)
+    ours = assert_equal_to_lvis_api(gt, dets)
+    plain = compute_lvis_ap(make_lvis(9, num_images=20, num_classes=4, dets_per_image=12)[0],
+                            dets)
+    assert ours != plain
 
 
 def test_lvis_gt_id_zero_is_never_matched():
