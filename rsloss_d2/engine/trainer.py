@@ -27,9 +27,9 @@ logger = logging.getLogger("detectron2")
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer whose evaluator is chosen from the dataset's metadata (COCO or LVIS, with
-    Optimal LRP beside AP when cfg.TEST.OLRP.ENABLED), and which can train with several CPU
-    processes."""
+    """DefaultTrainer whose evaluator is chosen from the dataset's metadata (COCO or LVIS: AP,
+    Optimal LRP when TEST.OLRP.ENABLED, ranking quality when TEST.RANKING_QUALITY.ENABLED), and
+    which can train with several CPU processes."""
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__ except for the DDP wrapper and the CPU AMP path: Detectron2's
