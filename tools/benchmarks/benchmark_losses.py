@@ -34,8 +34,9 @@ the number of iterations.
 operations of torch.profiler on the CPU, views and metadata not counted) and its host reads
 (``item``, data-dependent sizes such as ``nonzero``), :mod:`rsloss_d2.losses.op_count`; counted on
 the CPU, with the binning of the row's device (on the CPU, inputs of
-``rsloss_d2.losses._step_sums.GRID_MIN_POINTS`` logits or more use the grid). ``focal ops``: the
-same count for the focal loss.
+``rsloss_d2.losses._step_sums.GRID_MIN_POINTS`` logits or more use the grid); ``GPU ops`` /
+``GPU reads``: the same with the searchsorted binning a GPU runs. ``focal ops``: the count for
+the focal loss.
 
 The machine may be shared: times are noisy, the ratios measured side by side less so.
 ``--clock cpu`` times with the process's CPU time (all threads summed) instead of the wall clock:
@@ -192,12 +193,13 @@ def focal_fn(x: Dict[str, torch.Tensor]) -> Callable[[], None]:
     return run
 
 
-def op_counts(fn: Callable[[], None], device: torch.device, numel: int) -> Tuple[int, int]:
-    """(operations, host reads) of one call of ``fn`` (built on CPU tensors), with the binning
-    of ``device``."""
+def op_counts(fn: Callable[[], None], grid: bool, numel: int) -> Tuple[int, int]:
+    """(operations, host reads) of one call of ``fn`` (built on CPU tensors), binning with the
+    CPU grid where ``grid`` and ``numel`` reaches ``GRID_MIN_POINTS``, else with searchsorted as
+    on a GPU."""
     grid_min = step_sums.GRID_MIN_POINTS
-    if device.type != "cpu":
-        step_sums.GRID_MIN_POINTS = numel + 1  # a GPU bins with searchsorted
+    if not grid:
+        step_sums.GRID_MIN_POINTS = numel + 1
     try:
         return sum(count_ops(fn).values()), sum(count_host_reads(fn).values())
     finally:
@@ -246,7 +248,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         sizes.append((int(float(p)), int(float(n))))
 
     header = ["device", "P", "N", "loss", "loop ms", "ours ms", "focal ms", "loop/ours",
-              "ours/focal", "ops", "reads", "focal ops", "loop MiB", "ours MiB", "focal MiB"]
+              "ours/focal", "ops", "reads", "GPU ops", "GPU reads", "focal ops", "loop MiB",
+              "ours MiB", "focal MiB"]
     rows = []
     for device in devices:
         for p, n in sizes:
@@ -255,12 +258,13 @@ def main(argv: Optional[List[str]] = None) -> None:
             focal_ms = time_ms(focal, device, args.repeats)
             focal_mem = peak_memory_mib(focal, device)
             x_cpu = {key: value.cpu() for key, value in x.items()}
-            focal_ops, _ = op_counts(focal_fn(x_cpu), device, p + n)
+            focal_ops, _ = op_counts(focal_fn(x_cpu), False, p + n)
             for loss in losses:
                 ours = ours_fn(loss, x)
                 ours_ms = time_ms(ours, device, args.repeats)
                 ours_mem = peak_memory_mib(ours, device)
-                ops, reads = op_counts(ours_fn(loss, x_cpu), device, p + n)
+                ops, reads = op_counts(ours_fn(loss, x_cpu), device.type == "cpu", p + n)
+                gpu_ops, gpu_reads = op_counts(ours_fn(loss, x_cpu), False, p + n)
                 k = p if p <= args.skip_loop_above else args.skip_loop_above
                 loop = loop_fn(loss, x, None if k == p else k)
                 _sync(device)
@@ -275,7 +279,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                     device.type, str(p), f"{n:.0e}".replace("+0", ""), loss,
                     _fmt(loop_ms, est, 0), _fmt(ours_ms, digits=2), _fmt(focal_ms, digits=2),
                     _fmt(loop_ms / ours_ms, est, 0), _fmt(ours_ms / focal_ms, digits=2),
-                    str(ops), str(reads), str(focal_ops),
+                    str(ops), str(reads), str(gpu_ops), str(gpu_reads), str(focal_ops),
                     _fmt(loop_mem), _fmt(ours_mem), _fmt(focal_mem),
                 ])
                 print("  done:", " ".join(rows[-1]), flush=True)
@@ -298,8 +302,8 @@ def main(argv: Optional[List[str]] = None) -> None:
           "(its temporaries do not grow with the number of iterations).")
     print("ops / reads: top-level ATen operations (views and metadata not counted) and host "
           "reads of one forward+backward, counted on the CPU with the row's binning "
-          f"(GPU: searchsorted; CPU from {step_sums.GRID_MIN_POINTS} logits on: the grid, "
-          "whose extra reads are of host memory).")
+          f"(CPU from {step_sums.GRID_MIN_POINTS} logits on: the grid, whose extra reads are of "
+          "host memory); GPU ops / reads: with the searchsorted binning a GPU runs.")
 
 
 if __name__ == "__main__":
