@@ -229,7 +229,7 @@ def add_rsloss_config(cfg):
     # Recompute each GT box as its mask's extent after the transforms (when masks are loaded).
     _C.INPUT.SSD_AUGMENTATION.RECOMPUTE_BOXES = True
 
-    # YOLACT / RS-YOLACT (meta-arch "YOLACT", rsloss_d2/modeling/meta_arch/yolact.py).
+    # YOLACT / RS-YOLACT (meta-arch "YOLACT", rsloss_d2/modeling/yolact/meta_arch.py).
     _C.MODEL.YOLACT = CN()
     # Number of foreground classes (no background).
     _C.MODEL.YOLACT.NUM_CLASSES = 80

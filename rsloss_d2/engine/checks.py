@@ -20,10 +20,10 @@ import zipfile
 
 from detectron2.engine import DefaultTrainer
 
-from ..modeling.meta_arch.ranking_retinanet import _LOSSES as RANKING_RETINANET_LOSSES
-from ..modeling.meta_arch.solov2 import LOSS_TYPES as SOLOV2_LOSSES
-from ..modeling.meta_arch.yolact import LOSSES as YOLACT_LOSSES
-from ..modeling.roi_heads.activation_fast_rcnn import CLS_LOSSES as GOL_LOSSES
+from ..modeling.ranking_retinanet import LOSSES as RANKING_RETINANET_LOSSES
+from ..modeling.roi_heads.activation_fast_rcnn import LOSSES as GOL_LOSSES
+from ..modeling.solov2 import LOSSES as SOLOV2_LOSSES
+from ..modeling.yolact import LOSSES as YOLACT_LOSSES
 from .checkpoint import (
     intact_checkpoint,
     last_checkpoint_file,

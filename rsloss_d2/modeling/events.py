@@ -8,6 +8,7 @@ import zlib
 from typing import Dict, Optional, Union
 
 import torch
+import torch.distributed as dist
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
@@ -54,8 +55,6 @@ def _read_local(values: Dict[str, Scalar]) -> Dict[str, float]:
 
 
 def _all_reduce_mean(prefix: str, values: Dict[str, Scalar]) -> Dict[str, float]:
-    import torch.distributed as dist
-
     names = list(values)
     k = len(names)
     device = next((v.device for v in values.values() if torch.is_tensor(v)), None)

@@ -12,7 +12,7 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
 from rsloss_d2 import add_rsloss_config
 from rsloss_d2.layers import ModulatedDeformConv2d
-from rsloss_d2.modeling.meta_arch import RankingRetinaNet
+from rsloss_d2.modeling.ranking_retinanet import RankingRetinaNet
 
 from _dense_helpers import REPO
 

@@ -6,7 +6,7 @@ import torch
 
 from rsloss_d2.losses import ALRPSelfBalance
 from rsloss_d2.losses.reference import alrp_loss_reference, ap_loss_reference
-from rsloss_d2.modeling.dense_heads import alrp_dense_losses, ap_dense_losses
+from rsloss_d2.modeling.ranking_retinanet import alrp_dense_losses, ap_dense_losses
 
 
 def _giou_loss(a, b):

@@ -10,7 +10,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from rsloss_d2.modeling.matchers import IGNORED, valid_anchor_mask
-from rsloss_d2.modeling.meta_arch import RankingRetinaNet
+from rsloss_d2.modeling.ranking_retinanet import RankingRetinaNet
+from rsloss_d2.modeling.ranking_retinanet.meta_arch import _gt_tables
 
 from _dense_helpers import build, dense_cfg, fixed_batch, make_image, train_steps
 
@@ -89,8 +90,6 @@ def test_anchors_in_the_batch_padding_are_ignored(name):
     gts = [big["instances"], small["instances"]]
     with EventStorage(0):
         assigned, _ = model.assign(anchors, valid, gts, logits, deltas)
-        from rsloss_d2.modeling.meta_arch.ranking_retinanet import _gt_tables
-
         losses = model.losses(anchors, logits, deltas, assigned, *_gt_tables(gts))
     assert (assigned[1, ~valid[1]] == IGNORED).all()
     key = "loss_cls" if name == "aLRP" else "loss_rank"

@@ -51,12 +51,12 @@ from rsloss_d2.losses import tail_class_mask
 
 from ..events import put_scalars
 
-__all__ = ["ActivationFastRCNNOutputLayers", "train_tail_mask", "CLS_LOSSES"]
+__all__ = ["ActivationFastRCNNOutputLayers", "train_tail_mask", "LOSSES"]
 
 logger = logging.getLogger("detectron2." + __name__)  # shown by train_net's setup_logger
 
 # loss -> (has a background column, default test activation or None = MODEL.GOL.ACTIVATION)
-CLS_LOSSES = {
+LOSSES = {
     "softmax": (True, "softmax"),
     "sigmoid": (True, "sigmoid"),
     "gumbel": (True, "gumbel"),
@@ -128,7 +128,7 @@ class ActivationFastRCNNOutputLayers(FastRCNNOutputLayers):
         """
         Args:
             input_shape: shape of the box-trunk output.
-            loss: one of :data:`CLS_LOSSES` (``MODEL.GOL.LOSS``).
+            loss: one of :data:`LOSSES` (``MODEL.GOL.LOSS``).
             activation: "gumbel" or "sigmoid", for "droploss" / "eql".
             test_activation: "" (training activation), "softmax", "sigmoid" or "gumbel".
             normed_temperature: > 0: :class:`NormedLinear` classifier with this temperature.
@@ -143,11 +143,11 @@ class ActivationFastRCNNOutputLayers(FastRCNNOutputLayers):
         kwargs["use_fed_loss"] = False
         kwargs["use_sigmoid_ce"] = False
         super().__init__(input_shape, **kwargs)
-        if loss not in CLS_LOSSES:
-            raise ValueError(f"MODEL.GOL.LOSS must be one of {sorted(CLS_LOSSES)}, got {loss!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"MODEL.GOL.LOSS must be one of {sorted(LOSSES)}, got {loss!r}")
         if activation not in ("gumbel", "sigmoid"):
             raise ValueError(f"activation must be 'gumbel' or 'sigmoid', got {activation!r}")
-        has_bg, default_act = CLS_LOSSES[loss]
+        has_bg, default_act = LOSSES[loss]
         self.test_activation = test_activation or default_act or activation
         if self.test_activation not in ("softmax", "sigmoid", "gumbel") or (
             self.test_activation == "softmax" and not has_bg
@@ -187,7 +187,7 @@ class ActivationFastRCNNOutputLayers(FastRCNNOutputLayers):
             cls_init_value=g.CLS_INIT_VALUE,
             cls_init_bias=g.CLS_INIT_BIAS,
         )
-        if not CLS_LOSSES.get(g.LOSS, (True,))[0]:
+        if not LOSSES.get(g.LOSS, (True,))[0]:
             ret["tail_mask"] = lambda: train_tail_mask(
                 list(cfg.DATASETS.TRAIN), cfg.MODEL.ROI_HEADS.NUM_CLASSES, g.TAIL_THRESHOLD,
                 g.TAIL_NUM_IMAGES,
@@ -205,7 +205,7 @@ class ActivationFastRCNNOutputLayers(FastRCNNOutputLayers):
         return self._tail_mask
 
     def classification_loss(self, scores: torch.Tensor, gt_classes: torch.Tensor):
-        """``loss_cls`` of :data:`CLS_LOSSES` and the statistics to log.
+        """``loss_cls`` of :data:`LOSSES` and the statistics to log.
 
         Args:
             scores: (R, C+1) or (R, C) logits.  gt_classes: (R,) int64 in ``0..C``.

@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
+from detectron2.structures import Boxes, Instances
 
 from _matcher_refs import grid_anchors, random_paa_case
 from rsloss_d2.modeling.matchers import (
     atss_assign,
-    atss_match_batch,
     gmm2_em_1d,
     paa_reassign,
     valid_anchor_mask,
@@ -19,6 +19,7 @@ from rsloss_d2.modeling.matchers import (
 )
 from rsloss_d2.modeling.matchers.atss import _level_candidates
 from rsloss_d2.modeling.matchers.paa import _logsumexp2, _weighted_log_prob
+from rsloss_d2.modeling.ranking_retinanet.meta_arch import _gt_tables
 
 
 # ------------------------------------------------ the earlier forms (verbatim), as references
@@ -179,10 +180,6 @@ def test_host_valid_grid_equals_device_mask_and_atss_assign_paths_agree():
 
 
 def test_gt_tables_by_slices():
-    from detectron2.structures import Boxes, Instances
-
-    from rsloss_d2.modeling.meta_arch.ranking_retinanet import _gt_tables
-
     insts = []
     for n in (3, 0, 5):
         inst = Instances((64, 64))

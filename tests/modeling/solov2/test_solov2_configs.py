@@ -8,7 +8,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from rsloss_d2 import add_rsloss_config
-from rsloss_d2.modeling.meta_arch import SOLOv2
+from rsloss_d2.modeling.solov2 import SOLOv2
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CONFIGS = sorted(

@@ -8,7 +8,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from detectron2.utils.visualizer import Visualizer
 
-from rsloss_d2.modeling.meta_arch.yolact import YOLACT
+from rsloss_d2.modeling.yolact import YOLACT
 
 from _yolact_helpers import YOLACT_CONFIGS, load_cfg, make_input, tiny_model
 

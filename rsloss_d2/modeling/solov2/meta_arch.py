@@ -1,10 +1,10 @@
 """SOLO / Decoupled SOLO / SOLOv2 / RS-SOLOv2 as one Detectron2 meta-architecture ``SOLOv2``.
 
-Spec: ``shared/spec/solo.md`` (SOLO: Wang et al. ECCV 2020; SOLOv2: Wang et al. NeurIPS 2020;
-RS-SOLOv2: Oksuz et al. ICCV 2021). The model = ResNet-FPN backbone + :class:`SOLOInstanceHead`
-(category and instance branches on S×S grids) + (SOLOv2) :class:`SOLOv2MaskBranch`; targets,
-losses and inference are separate functions in ``rsloss_d2/modeling/solov2/``. Keys:
-``MODEL.SOLOV2.*`` (AdelaiDet's names where they exist; ``rsloss_d2/config.py``).
+SOLO: Wang et al. ECCV 2020; SOLOv2: Wang et al. NeurIPS 2020; RS-SOLOv2: Oksuz et al. ICCV 2021
+(official heads: ``mmdet/models/anchor_heads/solo*_head.py`` of the SOLO repository). The model =
+ResNet-FPN backbone + :class:`SOLOInstanceHead` (category and instance branches on S×S grids) +
+(SOLOv2) :class:`SOLOv2MaskBranch`; targets, losses and inference are separate functions of this
+folder. Keys: ``MODEL.SOLOV2.*`` (AdelaiDet's names where they exist; ``rsloss_d2/config.py``).
 """
 from __future__ import annotations
 
@@ -14,29 +14,30 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-from detectron2.structures import ImageList
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from torch import nn
 
-from ..solov2.inference import SOLOTestConfig, point_nms, solo_inference_single
-from ..solov2.instance_head import SOLOInstanceHead, split_level_features
-from ..solov2.losses import (
-    flatten_cate_logits,
-    positive_mask_dice,
-    rs_solo_losses,
-    solo_focal_dice_losses,
-)
 from ..events import put_scalars
-from ..solov2.mask_branch import SOLOv2MaskBranch
-from ..solov2.targets import build_solo_targets
+from .inference import SOLOTestConfig, point_nms, solo_inference_single
+from .instance_head import SOLOInstanceHead, split_level_features
+from .losses import flatten_cate_logits, positive_mask_dice, rs_solo_losses, solo_focal_dice_losses
+from .mask_branch import SOLOv2MaskBranch
+from .targets import build_solo_targets
 
-__all__ = ["SOLOv2"]
+__all__ = ["LOSSES", "SOLOv2"]
 
-LOSS_TYPES = ("focal_dice", "rank_sort")
+LOSSES = ("focal_dice", "rank_sort")
 
 
 @META_ARCH_REGISTRY.register()
-class SOLOv2(nn.Module):
+class SOLOv2(DenseDetector):
     """Box-free instance segmentation by locations (SOLO / SOLOv2), optionally with RS Loss.
+
+    Detectron2's ``DenseDetector`` gives the pixel mean / std buffers, ``device`` and
+    ``preprocess_image`` (normalise, pad to the backbone's size divisibility and padding
+    constraints). Its single ``head`` and ``forward`` do not fit (SOLO's instance head reads
+    resized levels and SOLOv2 adds a mask-feature branch on other levels): ``head`` is unused and
+    ``forward`` is SOLO's own; the instance head stays ``ins_head`` (checkpoint keys).
 
     Training returns ``{"loss_ins", "loss_cate"}`` (focal + dice) or ``{"loss_rank",
     "loss_sort", "loss_ins"}`` (RS-SOLOv2); inference returns, per image, Instances with
@@ -67,17 +68,16 @@ class SOLOv2(nn.Module):
         pixel_mean: List[float],
         pixel_std: List[float],
     ):
-        super().__init__()
-        if loss not in LOSS_TYPES:
-            raise ValueError(f"MODEL.SOLOV2.LOSS must be one of {LOSS_TYPES}, got {loss!r}")
+        super().__init__(backbone, None, list(instance_in_features), pixel_mean=pixel_mean,
+                         pixel_std=pixel_std)
+        if loss not in LOSSES:
+            raise ValueError(f"MODEL.SOLOV2.LOSS must be one of {LOSSES}, got {loss!r}")
         if loss == "rank_sort" and cell_assignment == "all":
             raise ValueError("RS-SOLOv2 needs one positive per cell: CELL_ASSIGNMENT 'first'")
         if (ins_head.head_type == "dynamic") != (mask_branch is not None):
             raise ValueError("the mask-feature branch is used exactly by the dynamic head")
-        self.backbone = backbone
         self.ins_head = ins_head
         self.mask_branch = mask_branch
-        self.instance_in_features = list(instance_in_features)
         self.mask_in_features = list(mask_in_features)
         self.instance_strides = list(instance_strides)
         self.scale_ranges = [tuple(r) for r in scale_ranges]
@@ -93,8 +93,6 @@ class SOLOv2(nn.Module):
         # stride-4 pixels of SOLO's per-level mask predictions: half the level stride
         self.mask_strides = [4] * len(self.num_grids) if mask_branch is not None else [
             s // 2 for s in self.instance_strides]
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
     @classmethod
     def from_config(cls, cfg):
@@ -126,13 +124,9 @@ class SOLOv2(nn.Module):
         }
 
     @property
-    def device(self):
-        return self.pixel_mean.device
-
-    def preprocess_image(self, batched_inputs) -> ImageList:
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std
-                  for x in batched_inputs]
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+    def instance_in_features(self) -> List[str]:
+        """The FPN maps of the instance head (``DenseDetector.head_in_features``)."""
+        return self.head_in_features
 
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_image(batched_inputs)
@@ -149,7 +143,8 @@ class SOLOv2(nn.Module):
         return self.inference(cate_logits, ins_preds, mask_features, images, batched_inputs)
 
     def losses(self, cate_logits, ins_preds, mask_features, gt_instances, padded_size):
-        """Targets (spec §4) → focal + dice (§5) or RS + balanced dice (§6)."""
+        """Targets → focal + dice (SOLO Eq. 1–3) or RS + balanced dice (RS-SOLOv2); logs the
+        statistics the loss functions return."""
         targets = build_solo_targets(gt_instances, padded_size, self.num_grids,
                                      self.scale_ranges, self.sigma, self.num_classes,
                                      self.cell_assignment)
@@ -190,7 +185,7 @@ class SOLOv2(nn.Module):
                     probs = ins_preds[level][image, c].sigmoid()[:, None]
                     probs = F.interpolate(probs, size=mask_size, mode="bilinear",
                                           align_corners=False)[:, 0]
-                else:  # X and Y maps upsampled separately, then multiplied (spec §8)
+                else:  # X and Y maps upsampled separately, then multiplied (Decoupled SOLO)
                     x, y = ins_preds[level]
                     px = F.interpolate(x[image, c % s].sigmoid()[:, None], size=mask_size,
                                        mode="bilinear", align_corners=False)[:, 0]
@@ -203,7 +198,7 @@ class SOLOv2(nn.Module):
 
     @torch.no_grad()
     def inference(self, cate_logits, ins_preds, mask_features, images, batched_inputs):
-        """Point NMS, candidates, maskness, Matrix NMS, masks at the original size (spec §7)."""
+        """Point NMS, candidates, maskness, Matrix NMS, masks at the original size (official ``get_seg``)."""
         probs = flatten_cate_logits([point_nms(x.sigmoid()) for x in cate_logits])
         strides = torch.cat([
             torch.full((s * s,), st, device=self.device, dtype=torch.float32)

@@ -1,5 +1,6 @@
 """YOLACT and RS-YOLACT as a Detectron2 meta-architecture (Bolya et al., ICCV 2019; Oksuz et al.,
-ICCV 2021 §5 / spec models.md §7).
+ICCV 2021 §5; ``mmdet/models/dense_heads/yolact_head.py`` and the RS-YOLACT head of the official
+RankSortLoss repository).
 
 One class, two losses (``MODEL.YOLACT.LOSS``):
 
@@ -14,27 +15,24 @@ test pipeline resizes the original image to 550×550; with ``INPUT.MIN_SIZE_TEST
 test mapper and ``DefaultPredictor`` pass the original image). Outputs are in the frame of the
 input dict's ``height`` / ``width``, with full-image ``pred_masks``.
 
-Several processes: OHEM, every normaliser (positives, masks trained) and RS-YOLACT's two λ's are
-**per process**, as in the official code (mmdet's YOLACT / RankSortLoss heads reduce none of
-them; the λ's balance this process's own losses); the logged ``yolact/`` statistics are the
-cross-process means (``modeling/events.put_scalars``).
+Several processes: OHEM, every normaliser and RS-YOLACT's two λ's are per process, as in the
+official code (README "Several GPUs"); the logged ``yolact/`` statistics are cross-process means.
 """
 import logging
-import math
 from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 
-from rsloss_d2.modeling.events import put_scalars
-from rsloss_d2.modeling.yolact.head import YOLACTHead, YOLACTProtonet, YOLACTSemanticHead
-from rsloss_d2.modeling.yolact.inference import yolact_inference
-from rsloss_d2.modeling.yolact.losses import (
+from ..events import put_scalars
+from .head import YOLACTHead, YOLACTProtonet, YOLACTSemanticHead
+from .inference import yolact_inference
+from .losses import (
     ohem_classification_loss,
     rs_yolact_losses,
     sample_masks_to_train,
@@ -42,23 +40,25 @@ from rsloss_d2.modeling.yolact.losses import (
     smooth_l1_box_loss,
     yolact_mask_loss,
 )
-from rsloss_d2.modeling.yolact.masks import (
-    assemble_masks_batched,
-    boxes_to_mask_frame,
-    crop_masks,
-)
-from rsloss_d2.modeling.yolact.targets import assign_anchors, prepare_targets, yolact_anchors
+from .masks import assemble_masks_batched, boxes_to_mask_frame, crop_masks
+from .targets import assign_anchors, prepare_targets, yolact_anchors
 
-__all__ = ["YOLACT"]
+__all__ = ["LOSSES", "YOLACT"]
 
 logger = logging.getLogger(__name__)
 LOSSES = ("softmax_ohem", "rank_sort")
 
 
 @META_ARCH_REGISTRY.register()
-class YOLACT(nn.Module):
+class YOLACT(DenseDetector):
     """YOLACT / RS-YOLACT: backbone (P3–P7) → shared head (classes, boxes, tanh coefficients) +
-    protonet on P3 → masks ``σ(P·c)`` cropped by the box; Fast NMS at test time."""
+    protonet on P3 → masks ``σ(P·c)`` cropped by the box; Fast NMS at test time.
+
+    Detectron2's ``DenseDetector`` gives the backbone / head, pixel mean / std buffers and
+    ``device``. ``preprocess_image`` and ``forward`` are YOLACT's own: the official pipeline
+    resizes every image to S×S without keeping the ratio (no padding, no size divisibility), and
+    the protonet and the anchors join the head's outputs.
+    """
 
     @configurable
     def __init__(self, *, backbone, head: YOLACTHead, protonet: YOLACTProtonet,
@@ -70,14 +70,12 @@ class YOLACT(nn.Module):
                  nms_top_k: int, nms_thresh_test: float, score_thresh_test: float,
                  detections_per_image: int, mask_thresh_test: float, pixel_mean, pixel_std,
                  expect_ssd_augmentation: bool = False):
-        super().__init__()
+        super().__init__(backbone, head, list(in_features), pixel_mean=pixel_mean,
+                         pixel_std=pixel_std)
         if loss not in LOSSES:
             raise ValueError(f"MODEL.YOLACT.LOSS must be one of {LOSSES}, got {loss!r}")
-        self.backbone = backbone
-        self.head = head
         self.protonet = protonet
         self.semantic_head = semantic_head
-        self.in_features = list(in_features)
         self.num_classes = num_classes
         self.input_size = int(input_size)
         self.anchor_base_sizes = list(anchor_base_sizes)
@@ -98,8 +96,6 @@ class YOLACT(nn.Module):
                              max_det=detections_per_image, mask_thresh=mask_thresh_test)
         self.expect_ssd_augmentation = expect_ssd_augmentation
         self._anchor_cache = {}
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
     @classmethod
     def from_config(cls, cfg):
@@ -141,8 +137,10 @@ class YOLACT(nn.Module):
         }
 
     @property
-    def device(self):
-        return self.pixel_mean.device
+    def in_features(self) -> List[str]:
+        """The FPN maps of the head (``DenseDetector.head_in_features``; the first feeds the
+        protonet)."""
+        return self.head_in_features
 
     # ------------------------------------------------------------------ input
     def preprocess_image(self, batched_inputs):

@@ -1,42 +1,19 @@
 """The FPN of the official YOLACT config (mmdet ``FPN``, ``start_level=1``,
-``add_extra_convs='on_input'``, ``upsample_cfg=dict(mode='bilinear')``), spec models.md §7.
+``add_extra_convs='on_input'``, ``upsample_cfg=dict(mode='bilinear')``; ``yolact_r50_1x8_coco.py``
+of mmdet's YOLACT configs).
 
 Differences from Detectron2's ``build_retinanet_resnet_fpn_backbone``: the top-down path upsamples
 bilinearly *to the size of the lower level* (550 px input → P3..P5 of 69, 35, 18: not divisible by
 2, so the input needs no padding), and P7 is computed from P6 without a ReLU in between.
 """
 import torch.nn.functional as F
-from torch import nn
-
-from detectron2.layers import ShapeSpec, get_norm
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, build_resnet_backbone
 
-__all__ = ["YOLACTFPN", "LastLevelP6P7NoReLU", "build_yolact_resnet_fpn_backbone"]
+from .retinanet_fpn import LastLevelP6P7
 
-
-class LastLevelP6P7NoReLU(nn.Module):
-    """P6 = 3×3/2 conv on C5, P7 = 3×3/2 conv on P6 (mmdet ``relu_before_extra_convs=False``),
-    each followed by ``norm`` if given."""
-
-    def __init__(self, in_channels: int, out_channels: int, in_feature: str = "res5",
-                 norm: str = ""):
-        super().__init__()
-        self.num_levels = 2
-        self.in_feature = in_feature
-        self.p6 = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
-        self.p7 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
-        # the norm of the other FPN outputs (MODEL.FPN.NORM; official: none): without it a
-        # from-scratch GN FPN gives P6/P7 a 10-20x larger scale than P3-P5
-        self.norm6 = get_norm(norm, out_channels) or nn.Identity()
-        self.norm7 = get_norm(norm, out_channels) or nn.Identity()
-        for m in (self.p6, self.p7):
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
-
-    def forward(self, x):
-        p6 = self.norm6(self.p6(x))
-        return [p6, self.norm7(self.p7(p6))]
+__all__ = ["YOLACTFPN", "build_yolact_resnet_fpn_backbone"]
 
 
 class YOLACTFPN(FPN):
@@ -77,7 +54,7 @@ def build_yolact_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=out_channels,
         norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelP6P7NoReLU(in_channels_p6p7, out_channels,
-                                      norm=cfg.MODEL.FPN.NORM),
+        top_block=LastLevelP6P7(in_channels_p6p7, out_channels, "res5", relu_before_p7=False,
+                                norm=cfg.MODEL.FPN.NORM, init="xavier_uniform"),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )

@@ -17,7 +17,7 @@ Everything else is Detectron2's ``RetinaNet`` / ``DenseDetector``: backbone + FP
 generator (``MODEL.ANCHOR_GENERATOR``, offset 0 = mmdet 2.x centres), ``Box2BoxTransform``
 (``MODEL.RETINANET.BBOX_REG_WEIGHTS`` (10, 10, 5, 5) = mmdet stds [0.1, 0.1, 0.2, 0.2]), image
 batching and ``Instances`` output. Target assignment (MaxIoU, ATSS, PAA and the valid flags of
-``rsloss_d2.modeling.matchers``), the losses (``dense_heads/ranking_dense_losses.py``) and
+``rsloss_d2.modeling.matchers``), the head (``head.py``), the losses (``losses.py``) and
 inference are separate functions.
 
 Several processes: the ranking and every normaliser (number of positives, RS λ, AP Loss's 4·P)
@@ -35,6 +35,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
+from detectron2.data import get_detection_dataset_dicts
 from detectron2.layers import batched_nms, cat
 from detectron2.modeling.meta_arch.build import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
@@ -53,18 +54,19 @@ from ..matchers import (
     max_iou_assign,
     paa_reassign,
     padded_gt_boxes,
+    score_voting,
     valid_anchor_mask,
     valid_grid_sizes,
 )
-from ..dense_heads.ranking_dense_losses import alrp_dense_losses, ap_dense_losses, rs_dense_losses
-from ..dense_heads.ranking_retina_head import RankingRetinaNetHead
+from .head import RankingRetinaNetHead
+from .losses import alrp_dense_losses, ap_dense_losses, rs_dense_losses
 from ..events import put_scalars
 
-__all__ = ["RankingRetinaNet", "self_balance_period"]
+__all__ = ["LOSSES", "RankingRetinaNet", "self_balance_period"]
 
 logger = logging.getLogger(__name__)
 
-_LOSSES = ("alrp", "ap", "rank_sort")
+LOSSES = ("alrp", "ap", "rank_sort")
 _ASSIGNERS = ("max_iou", "atss", "paa")
 
 
@@ -75,8 +77,6 @@ def self_balance_period(dataset_names: Sequence[str], ims_per_batch: int,
     The images are counted as Detectron2's train loader sees them (after
     ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``). COCO train2017 at batch 32 gives the official 3665.
     """
-    from detectron2.data import get_detection_dataset_dicts
-
     num = len(get_detection_dataset_dicts(list(dataset_names), filter_empty=filter_empty))
     return max(1, math.ceil(num / ims_per_batch))
 
@@ -152,8 +152,8 @@ class RankingRetinaNet(RetinaNet):
             kwargs: arguments of Detectron2's :class:`RetinaNet`.
         """
         super().__init__(**kwargs)
-        if loss not in _LOSSES:
-            raise ValueError(f"MODEL.RANKING_RETINANET.LOSS must be one of {_LOSSES}, "
+        if loss not in LOSSES:
+            raise ValueError(f"MODEL.RANKING_RETINANET.LOSS must be one of {LOSSES}, "
                              f"got {loss!r}")
         if assigner not in _ASSIGNERS:
             raise ValueError(f"MODEL.RANKING_RETINANET.ASSIGNER must be one of {_ASSIGNERS}, "
@@ -278,7 +278,7 @@ class RankingRetinaNet(RetinaNet):
         return assigned.index_put((img, anc), torch.where(keep, local, NEGATIVE))
 
     def losses(self, anchors, logits, deltas, assigned, boxes, classes, stats=None):
-        """Labels from the assignment → the loss of ``self.loss`` (ranking_dense_losses.py).
+        """Labels from the assignment → the loss of ``self.loss`` (losses.py).
 
         Args:
             anchors: L ``Boxes``. logits: (N, R, C). deltas: (N, R, 4).
@@ -357,8 +357,6 @@ class RankingRetinaNet(RetinaNet):
         keep = keep[: self.max_detections_per_image]
         det_boxes, det_scores, cls = det_boxes[keep], det_scores[keep], cls[keep]
         if self.score_voting and len(keep) > 0:
-            from rsloss_d2.modeling.matchers import score_voting
-
             det_boxes = score_voting(det_boxes, cls, boxes.tensor, scores,
                                      score_thr=self.test_score_thresh,
                                      sigma=self.score_voting_sigma)
