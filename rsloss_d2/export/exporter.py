@@ -67,6 +67,13 @@ def check_exportable(model, fmt: str, method: str) -> None:
     if model.training:
         raise ExportError("the model is in training mode: call model.eval() before exporting")
     family = family_of(model)
+    if family == "solov2" and model.ins_head.head_type != "dynamic":
+        raise ExportError(f"SOLOv2 with MODEL.SOLOV2.INSTANCE_HEAD_TYPE "
+                          f"{model.ins_head.head_type!r} (SOLO / Decoupled SOLO) cannot be "
+                          "exported: its masks are picked by a Python loop over the levels that "
+                          "skips empty ones, which neither tracing nor scripting follows; only "
+                          "the 'dynamic' head (SOLOv2, RS-SOLOv2) exports, with --export-method "
+                          "tracing")
     if method == "scripting" and family in _NOT_SCRIPTABLE:
         raise ExportError(f"{type(model).__name__} cannot be exported with --export-method "
                           f"scripting: {_NOT_SCRIPTABLE[family]} is not TorchScript-compilable; "
@@ -100,8 +107,9 @@ def _sample_check(adapter, image) -> Tuple[torch.Tensor, ...]:
 
 def _trace(adapter, image):
     _sample_check(adapter, image)
-    # new shapes must not trigger re-specialisation of the saved graph (Detectron2's tool)
-    torch._C._jit_set_bailout_depth(1)
+    # new shapes must not trigger re-specialisation of the graph (Detectron2's tool sets the
+    # bailout depth to 1, which is this fusion strategy)
+    torch.jit.set_fusion_strategy([("STATIC", 1)])
     with warnings.catch_warnings():  # the frozen Python values are the ones documented
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         return torch.jit.trace(adapter, (image,), check_trace=False)

@@ -17,7 +17,8 @@ def datasets_root(shapes_root):
     register_shapes_datasets()
 
 
-@pytest.mark.parametrize("family,part", [("rs_paa", "RankingRetinaNet's inference"),
+@pytest.mark.parametrize("family,part", [("rs_mask_rcnn", "RSStandardROIHeads"),
+                                         ("rs_paa", "RankingRetinaNet's inference"),
                                          ("rs_yolact", "YOLACT's inference"),
                                          ("rs_solov2", "SOLOv2's inference")])
 def test_scripting_unsupported_names_part_and_tracing(family, part, datasets_root, tmp_path):
