@@ -95,6 +95,8 @@ def constant(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 def no_autocast(device_type: str):
     """Context that disables autocast for ``device_type`` (the losses compute in ≥ float32)."""
     try:
+        if not torch.is_autocast_enabled(device_type):
+            return contextlib.nullcontext()
         if torch.amp.is_autocast_available(device_type):
             return torch.autocast(device_type=device_type, enabled=False)
     except (AttributeError, RuntimeError):  # pragma: no cover - very old torch / odd devices
@@ -232,9 +234,14 @@ def point_bins(bp: torch.Tensor, s: torch.Tensor, mask: torch.Tensor,
 
 def zero_buffers(device: torch.device, *shapes) -> Tuple[torch.Tensor, ...]:
     """Float64 zero tensors of the given shapes, views of one allocation (one fill)."""
-    sizes = [math.prod(shape) for shape in shapes]
-    flat = torch.zeros(sum(sizes), dtype=torch.float64, device=device)
-    return tuple(part.view(shape) for part, shape in zip(flat.split(sizes), shapes))
+    flat = torch.zeros(sum(math.prod(shape) for shape in shapes), dtype=torch.float64,
+                       device=device)
+    out, start = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        out.append(flat[start: start + size].view(shape))
+        start += size
+    return tuple(out)
 
 
 def histogram(num_bins: int, k: torch.Tensor, src: torch.Tensor,
