@@ -5,7 +5,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -161,34 +160,29 @@ def test_failed_final_evaluation_keeps_the_model_and_says_how_to_rerun_it(foreig
                                                                           tmp_path):
     """model_final.pth is written before the final evaluation; when the evaluation fails the
     log gives the --eval-only command, which works once the problem is fixed."""
-    with open(foreign_coco["val"]) as f:
-        data = json.load(f)
-    # images[1] is not among the files sampled up front: the failure comes at evaluation
-    good = os.path.join(foreign_coco["images"], data["images"][1]["file_name"])
-    data["images"][1]["file_name"] = "val/late/missing.png"
-    val = tmp_path / "val.json"
-    val.write_text(json.dumps(data))
-    out = str(tmp_path / "out")
+    out = tmp_path / "out"
+    out.mkdir()
+    # every image is checked up front; what fails late here is the evaluation's output folder,
+    # blocked by a file of that name
+    blocker = out / "inference"
+    blocker.write_text("not a folder")
     proc = run_train_net(
-        ["--dataset", "foreign_train", foreign_coco["train"], foreign_coco["images"],
-         "--dataset", "late_val", str(val), foreign_coco["images"],
-         "--config-file", QUICK_CONFIG, "OUTPUT_DIR", out, "DATASETS.TRAIN", "('foreign_train',)",
-         "DATASETS.TEST", "('late_val',)", "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
-         "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MIN_SIZE_TEST", "128",
-         "DATALOADER.NUM_WORKERS", "0"], str(tmp_path), check=False)
+        foreign_coco["dataset_args"] + [
+            "--config-file", QUICK_CONFIG, "OUTPUT_DIR", str(out)] + foreign_coco["opts"] + [
+            "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TRAIN", "(128,)",
+            "INPUT.MIN_SIZE_TEST", "128", "DATALOADER.NUM_WORKERS", "0"],
+        str(tmp_path), check=False)
     assert proc.returncode != 0
-    final = os.path.join(out, "model_final.pth")
+    final = os.path.join(str(out), "model_final.pth")
     assert os.path.isfile(final)
-    assert "missing.png" in proc.stdout
+    assert str(blocker) in proc.stdout  # the traceback names the cause
     m = re.search(r"Re-run only the evaluation with:\n\s+(python tools/train_net.py .*)\n",
                   proc.stdout)
     assert m, proc.stdout[-3000:]
     cmd = shlex.split(m.group(1))
     assert "--eval-only" in cmd and cmd[-2:] == ["MODEL.WEIGHTS", final]
-    # fix the data, run the printed command: evaluation only, from the saved model
-    os.makedirs(os.path.dirname(os.path.join(foreign_coco["images"], "val/late/missing.png")),
-                exist_ok=True)
-    shutil.copy(good, os.path.join(foreign_coco["images"], "val/late/missing.png"))
+    # fix the problem, run the printed command: evaluation only, from the saved model
+    blocker.unlink()
     rerun = run_train_net(cmd[2:], str(tmp_path))
     assert "Starting training" not in rerun.stdout
     assert "segm" in parse_copypaste(rerun.stdout)
