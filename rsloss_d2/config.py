@@ -11,7 +11,8 @@ from detectron2.config import CfgNode as CN
 # Keys that were renamed: old key -> new key, or (new key, note). Setting an old key in a yaml
 # or on the command line raises "KeyError: Key <old> was renamed to <new>; please update your
 # config. ..." (no silent alias). Loss names are spelt the same in every family: "rank_sort",
-# "alrp", "ap", "focal_dice", "softmax_ohem", "softmax", "sigmoid", "gumbel", "droploss", "eql".
+# "alrp", "ap", "focal_dice", "focal_centerness", "focal_iou_pred", "softmax_ohem", "softmax",
+# "sigmoid", "gumbel", "droploss", "eql".
 RENAMED_KEYS = {
     "MODEL.GOL.CLS_LOSS": "MODEL.GOL.LOSS",
     "MODEL.RANKING_RETINANET.DELTA": (
@@ -165,7 +166,10 @@ def add_rsloss_config(cfg):
     # keys give classes, head depth / norm, IoU thresholds, box weights and test thresholds.)
     _C.MODEL.RANKING_RETINANET = CN()
     # Loss: "alrp" (aLRP Loss + GIoU, self-balance; delta MODEL.RANK_LOSS.ALRP_DELTA), "ap" (AP
-    # Loss + SmoothL1; MODEL.RANK_LOSS.AP_DELTA), "rank_sort" (RS Loss; MODEL.RANK_LOSS.RS_DELTA).
+    # Loss + SmoothL1; MODEL.RANK_LOSS.AP_DELTA), "rank_sort" (RS Loss; MODEL.RANK_LOSS.RS_DELTA),
+    # "focal_centerness" (standard ATSS head: focal + GIoU + centerness branch) or
+    # "focal_iou_pred" (standard PAA head: focal + GIoU + IoU-prediction branch); focal alpha /
+    # gamma: MODEL.RETINANET.FOCAL_LOSS_ALPHA / _GAMMA.
     _C.MODEL.RANKING_RETINANET.LOSS = "alrp"
     # Assigner: "max_iou" (MODEL.RETINANET.IOU_THRESHOLDS, mmdet rule), "atss", "paa".
     _C.MODEL.RANKING_RETINANET.ASSIGNER = "max_iou"

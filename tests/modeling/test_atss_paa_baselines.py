@@ -180,3 +180,188 @@ def test_paa_without_positives_zero_iou_and_box_in_the_graph():
     assert out.losses["loss_iou"].item() == 0 and out.losses["loss_bbox"].item() == 0
     (out.losses["loss_iou"] + out.losses["loss_bbox"]).backward()
     assert head_out.grad is not None and torch.isfinite(head_out.grad).all()
+
+
+# ---------------------------------------------------------------- the model
+import json  # noqa: E402
+import os  # noqa: E402
+
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+from conftest import read_metrics, run_train_net  # noqa: E402
+from _dense_helpers import REPO, build, dense_cfg, fixed_batch, make_image, train_steps  # noqa
+
+ATSS = "atss_R_18_FPN_quick.yaml"
+PAA = "paa_R_18_FPN_quick.yaml"
+BASELINES = {ATSS: ("focal_centerness", "loss_centerness")}
+
+
+def _features(model, size=64):
+    """Two images (GroupNorm needs more than one value per group on the 1×1 P7)."""
+    images = model.preprocess_image([make_image(size, [(0, 6, 8, 30, 36)]),
+                                     make_image(size, [])])
+    feats = model.backbone(images.tensor)
+    return images, [feats[f] for f in model.head_in_features]
+
+
+@pytest.mark.parametrize("config", sorted(BASELINES))
+def test_head_outputs_one_quality_map_per_anchor_on_every_level(config):
+    model = build(dense_cfg(config)).eval()
+    assert model.loss == BASELINES[config][0]
+    assert model.anchor_generator.num_cell_anchors == [1] * 5
+    assert model.head.quality_pred.bias.abs().sum() == 0
+    assert model.head.quality_pred.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    _, features = _features(model)
+    with torch.no_grad():
+        logits, deltas, quality = model.head(features)
+    for f, lg, d, q in zip(features, logits, deltas, quality):
+        n, _, h, w = f.shape
+        assert lg.shape == (n, 3, h, w) and d.shape == (n, 4, h, w) and q.shape == (n, 1, h, w)
+    # fed by the regression tower: changing the class tower leaves it unchanged
+    with torch.no_grad():
+        for p in model.head.cls_subnet.parameters():
+            p.add_(1.0)
+        _, _, quality2 = model.head(features)
+    assert all(torch.equal(a, b) for a, b in zip(quality, quality2))
+
+
+def test_rs_heads_have_no_quality_branch():
+    model = build(dense_cfg("RS-ATSS")).eval()
+    _, features = _features(model)
+    assert model.head.quality_pred is None and len(model.head(features)) == 2
+
+
+@pytest.mark.parametrize("config", sorted(BASELINES))
+def test_test_score_combines_class_and_quality_before_the_threshold(config):
+    """One anchor with class logit a and quality logit b, every other class logit −20: the only
+    detection has score s·q (ATSS) / sqrt(s·q) (PAA); with s = 0.5 and q ≈ 0.047 the product
+    0.024 falls under the 0.05 threshold (ATSS: no detection) while its sqrt 0.154 does not."""
+    model = build(dense_cfg(config))
+    model.eval()
+    images, features = _features(model)
+    with torch.no_grad():
+        logits, deltas, quality = model.head(features)
+    for a, b, expected_atss, expected_paa in ((2.0, -1.0, None, None), (0.0, -3.0, [], None)):
+        for lg in logits:
+            lg.fill_(-20.0)
+        logits[1][0, 2, 3, 2] = a
+        quality[1][0, 0, 3, 2] = b
+        with torch.no_grad():
+            inst = model.forward_inference(images, features, [logits, deltas, quality])[0]
+        s, q = torch.sigmoid(torch.tensor(a)), torch.sigmoid(torch.tensor(b))
+        score = float(s * q) if config == ATSS else float((s * q).sqrt())
+        if score <= 0.05:
+            assert len(inst) == 0
+        else:
+            assert len(inst) == 1 and inst.pred_classes.tolist() == [2]
+            assert inst.scores.item() == pytest.approx(score, rel=1e-5)
+    assert config == PAA or score < 0.05  # the second case: filtered for ATSS only
+
+
+@pytest.mark.parametrize("config", sorted(BASELINES))
+def test_trains_on_fixed_batch_and_handles_an_image_without_gt(config):
+    model = build(dense_cfg(config))
+    history = train_steps(model, fixed_batch(), steps=8, lr=0.01)
+    assert set(history[0]) == {"loss_cls", "loss_bbox", BASELINES[config][1]}
+    assert history[-1]["loss_cls"] < 0.5 * history[0]["loss_cls"], history
+    model.train()
+    empty = fixed_batch(empty_second=True)[1]
+    with EventStorage(0):
+        losses = model([empty, empty])
+    assert losses["loss_bbox"].item() == 0 and losses[BASELINES[config][1]].item() == 0
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_atss_model_losses_use_the_decoded_targets_and_per_image_normaliser():
+    """The model's ATSS losses equal the loss function fed by hand from the assignment."""
+    from detectron2.layers import cat
+
+    from rsloss_d2.modeling.ranking_retinanet.meta_arch import _gt_tables
+
+    model = build(dense_cfg(ATSS))
+    model.train()
+    batch = fixed_batch()
+    images = model.preprocess_image(batch)
+    gt = [x["instances"] for x in batch]
+    features = [model.backbone(images.tensor)[f] for f in model.head_in_features]
+    with EventStorage(0):
+        preds = model.head(features)
+        losses = model.forward_training(images, features, preds, gt)
+        lg, dl, ql = model._transpose_dense_predictions(preds, [3, 4, 1])
+        logits, deltas, quality = cat(lg, 1), cat(dl, 1), cat(ql, 1)
+        anchors = model.anchor_generator(features)
+        from rsloss_d2.modeling.matchers import valid_anchor_mask
+        valid = valid_anchor_mask([a.tensor for a in anchors], model.anchor_generator.strides,
+                                  images.image_sizes, model.backbone.size_divisibility,
+                                  model.anchor_generator.offset)
+        assigned, _ = model.assign(anchors, valid, gt, logits, deltas)
+    boxes, classes = _gt_tables(gt)
+    all_anchors = torch.cat([a.tensor for a in anchors])
+    img, anc = (assigned >= 0).nonzero(as_tuple=True)
+    labels = torch.full(assigned.shape, 3)
+    labels[img, anc] = classes[img, assigned[img, anc]]
+    labels[assigned == -2] = -1
+    gt_box = boxes[img, assigned[img, anc]]
+    t = model.box2box_transform
+    pred = t.apply_deltas(deltas[img, anc], all_anchors[anc])
+    target = t.apply_deltas(t.get_deltas(all_anchors[anc], gt_box), all_anchors[anc])
+    per_image = torch.tensor([(img == i).sum() for i in range(len(batch))])
+    ref = focal_centerness_losses(logits.reshape(-1, 3), labels.reshape(-1), pred, target,
+                                  all_anchors[anc], quality[img, anc, 0], per_image)
+    assert img.numel() > 0
+    for k, v in ref.losses.items():
+        assert losses[k].item() == pytest.approx(v.item(), rel=1e-5), k
+
+
+@pytest.mark.parametrize("path", [
+    os.path.join(REPO, "configs", "shapes", ATSS),
+    os.path.join(REPO, "configs", "ranksort_loss", "atss_R_50_FPN_1x.yaml"),
+], ids=os.path.basename)
+def test_configs_build_the_standard_heads(path):
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from rsloss_d2 import add_rsloss_config
+
+    cfg = get_cfg()
+    add_rsloss_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.MODEL.DEVICE = "meta"
+    with torch.device("meta"):
+        model = build_model(cfg)
+    paper = "ranksort_loss" in path
+    assert model.anchor_generator.num_cell_anchors == [1] * 5
+    p3 = 64 if paper else 32  # octave base scale 8 x stride 8 (halved on shapes)
+    assert [list(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES] == [[p3 * 2 ** i] for i in range(5)]
+    assert model.head.quality_pred is not None and model.head.scales is not None
+    assert model.assigner == ("paa" if "paa" in os.path.basename(path) else "atss")
+    assert model.test_nms_thresh == 0.6 and model.test_score_thresh == 0.05
+    assert (model.focal_loss_alpha, model.focal_loss_gamma) == (0.25, 2.0)
+    if paper:
+        assert cfg.SOLVER.BASE_LR == 0.01 and cfg.SOLVER.IMS_PER_BATCH == 16
+        assert cfg.SOLVER.REFERENCE_WORLD_SIZE * cfg.SOLVER.REFERENCE_IMS_PER_PROCESS == 16
+
+
+# 128 px, 20 iterations of 4 images: finite losses, logged parts, and detections
+SMOKE = ["SOLVER.MAX_ITER", "20", "SOLVER.WARMUP_ITERS", "5", "SOLVER.STEPS", "(15,)",
+         "SOLVER.IMS_PER_BATCH", "4", "SOLVER.CHECKPOINT_PERIOD", "1000",
+         "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192",
+         "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192",
+         "DATALOADER.NUM_WORKERS", "0", "SEED", "3", "TEST.OLRP.ENABLED", "False"]
+
+
+@pytest.mark.parametrize("config", [ATSS])
+def test_short_training_on_shapes_gives_finite_losses_and_detections(config, shapes_root,
+                                                                      tmp_path):
+    out = str(tmp_path)
+    run_train_net(["--config-file", os.path.join(REPO, "configs", "shapes", config),
+                   "OUTPUT_DIR", out] + SMOKE, shapes_root)
+    train = [m for m in read_metrics(out) if "total_loss" in m]
+    logged = ("loss_cls", "loss_bbox", BASELINES[config][1], "dense/num_pos",
+              "dense/mean_pos_iou")
+    assert train and all(math.isfinite(m[k]) for m in train for k in logged + ("total_loss",))
+    assert all(m["dense/num_pos"] > 0 for m in train)
+    with open(os.path.join(out, "inference", "shapes_val", "coco_instances_results.json")) as f:
+        dets = json.load(f)
+    assert dets and all(0.05 < d["score"] <= 1 for d in dets)

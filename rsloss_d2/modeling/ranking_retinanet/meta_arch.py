@@ -12,6 +12,14 @@ by two config keys instead of copies of a head:
 | aLRP-Loss "GIoU+ATSS" | ``alrp`` | ``atss`` | RetinaNet |
 | RS-ATSS | ``rank_sort`` | ``atss`` | GN tower + level scales, no centerness |
 | RS-PAA | ``rank_sort`` | ``paa`` (+ score voting) | GN tower + level scales, no IoU branch |
+| ATSS | ``focal_centerness`` | ``atss`` | GN tower + level scales + centerness |
+| PAA | ``focal_iou_pred`` | ``paa`` (+ score voting) | GN tower + level scales + IoU branch |
+
+ATSS (Zhang et al., CVPR 2020) and PAA (Kim & Lee, ECCV 2020) are the standard heads RS-ATSS /
+RS-PAA are compared with (mmdet's ``atss_head.py`` / ``paa_head.py``; ``baseline_losses.py``):
+focal loss, GIoU and a quality branch whose sigmoid enters the test score (ATSS s·q, PAA
+sqrt(s·v)). Their ATSS normalisers (number of positives, Σ centerness) are all-reduced means
+over the processes, as officially; PAA's are per process.
 
 Everything else is Detectron2's ``RetinaNet`` / ``DenseDetector``: backbone + FPN P3–P7, anchor
 generator (``MODEL.ANCHOR_GENERATOR``, offset 0 = mmdet 2.x centres), ``Box2BoxTransform``
@@ -59,6 +67,12 @@ from ..matchers import (
     valid_grid_sizes,
 )
 from .head import RankingRetinaNetHead
+from .baseline_losses import (
+    QUALITY_BRANCH_LOSSES,
+    focal_centerness_losses,
+    focal_iou_pred_losses,
+    quality_test_scores,
+)
 from .losses import alrp_dense_losses, ap_dense_losses, rs_dense_losses
 from ..events import put_scalars
 
@@ -66,7 +80,7 @@ __all__ = ["LOSSES", "RankingRetinaNet", "self_balance_period"]
 
 logger = logging.getLogger(__name__)
 
-LOSSES = ("alrp", "ap", "rank_sort")
+LOSSES = ("alrp", "ap", "rank_sort") + QUALITY_BRANCH_LOSSES
 _ASSIGNERS = ("max_iou", "atss", "paa")
 
 
@@ -88,6 +102,15 @@ def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over the processes of a 0-dim tensor (mmdet's ``reduce_mean``; identity in one)."""
+    if comm.get_world_size() > 1:
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+        x = x / comm.get_world_size()
+    return x
+
+
 def _gt_tables(gt_instances):
     """(N, G_max, 4) GT boxes and (N, G_max) int64 classes, zero-padded."""
     boxes, real = padded_gt_boxes([x.gt_boxes.tensor for x in gt_instances])
@@ -102,11 +125,13 @@ class RankingRetinaNet(RetinaNet):
     """RetinaNet-style dense detector with aLRP / AP / RS Loss and MaxIoU / ATSS / PAA assignment.
 
     Training losses: aLRP ``loss_cls``, ``loss_bbox`` (= w_SB·L_loc); AP ``loss_cls``,
-    ``loss_bbox`` (SmoothL1); RS ``loss_rank``, ``loss_sort``, ``loss_bbox`` (λ·L_GIoU).
-    EventStorage (prefix ``dense/``): ``num_pos``, ``num_neg`` (per image), and
+    ``loss_bbox`` (SmoothL1); RS ``loss_rank``, ``loss_sort``, ``loss_bbox`` (λ·L_GIoU); ATSS
+    ``loss_cls``, ``loss_centerness``, ``loss_bbox``; PAA ``loss_cls``, ``loss_iou``,
+    ``loss_bbox``. EventStorage (prefix ``dense/``): ``num_pos``, ``num_neg`` (per image), and
     ``loss_loc_unweighted``, ``self_balance_weight``, ``self_balance_period``,
     ``mean_pos_giou_loss`` (aLRP), ``lambda_bbox``, ``loss_bbox_unbalanced``, ``mean_pos_iou``
-    (RS, :func:`~rsloss_d2.modeling.box_losses.rs_scalars`), ``paa_num_candidates`` (PAA); with
+    (RS, :func:`~rsloss_d2.modeling.box_losses.rs_scalars`; ATSS, PAA),
+    ``mean_pos_centerness`` (ATSS), ``paa_num_candidates`` (PAA assignment); with
     several processes each is the mean over the processes (module docstring: what is per process
     and what is all-reduced).
     """
@@ -209,8 +234,9 @@ class RankingRetinaNet(RetinaNet):
 
     # ------------------------------------------------------------------ training
     def forward_training(self, images, features, predictions, gt_instances):
-        pred_logits, pred_deltas = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4])
+        # (logits, deltas) or, with the quality branch, (logits, deltas, quality)
+        pred_logits, pred_deltas, *pred_quality = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4, 1][: len(predictions)])
         anchors = self.anchor_generator(features)
         grid_sizes = [tuple(f.shape[-2:]) for f in features]
         valid = valid_anchor_mask([a.tensor for a in anchors], self.anchor_generator.strides,
@@ -224,7 +250,9 @@ class RankingRetinaNet(RetinaNet):
         gt_boxes, gt_classes = _gt_tables(gt_instances)
         assigned, stats = self.assign(anchors, valid, gt_instances, logits, deltas,
                                       grid=(grid_sizes, valid_sizes))
-        return self.losses(anchors, logits, deltas, assigned, gt_boxes, gt_classes, stats)
+        quality = cat(pred_quality[0], dim=1) if pred_quality else None  # (N, R, 1)
+        return self.losses(anchors, logits, deltas, assigned, gt_boxes, gt_classes, stats,
+                           quality=quality)
 
     @torch.no_grad()
     def assign(self, anchors: List[Boxes], valid, gt_instances, logits, deltas, grid=None):
@@ -277,13 +305,16 @@ class RankingRetinaNet(RetinaNet):
         # indexing the rejected ones with a boolean mask
         return assigned.index_put((img, anc), torch.where(keep, local, NEGATIVE))
 
-    def losses(self, anchors, logits, deltas, assigned, boxes, classes, stats=None):
-        """Labels from the assignment → the loss of ``self.loss`` (losses.py).
+    def losses(self, anchors, logits, deltas, assigned, boxes, classes, stats=None,
+               quality=None):
+        """Labels from the assignment → the loss of ``self.loss`` (losses.py,
+        baseline_losses.py).
 
         Args:
             anchors: L ``Boxes``. logits: (N, R, C). deltas: (N, R, 4).
             assigned: (N, R) from :meth:`assign`.
             boxes, classes: (N, G_max, 4) / (N, G_max) padded GT boxes and classes.
+            quality: (N, R, 1) centerness / IoU-prediction logits (ATSS / PAA heads only).
         """
         n, r, num_classes = logits.shape
         flat = assigned.reshape(-1)
@@ -306,14 +337,33 @@ class RankingRetinaNet(RetinaNet):
                 out = alrp_dense_losses(logits, labels, pred, gt_box, self.self_balance,
                                         delta=self.alrp_delta,
                                         lockstep=comm.get_world_size() > 1)
-            else:
+            elif self.loss == "rank_sort":
                 out = rs_dense_losses(logits, labels, pred, gt_box, delta=self.rs_delta)
+            else:
+                out = self._baseline_losses(logits, labels, pred, gt_box, pos_anchors,
+                                            quality.reshape(-1)[pos_inds], img, n)
         scalars = dict(stats or {})
         scalars.update(out.stats)
         scalars["num_pos"] = pos_inds.numel() / n
         scalars["num_neg"] = (flat == NEGATIVE).sum() / n
         put_scalars("dense/", scalars)
         return out.losses
+
+    def _baseline_losses(self, logits, labels, pred, gt_box, pos_anchors, pos_quality, img, n):
+        """The standard ATSS (``focal_centerness``) / PAA (``focal_iou_pred``) head's losses;
+        ``img``: (P,) image of each positive, ``n``: images of the batch."""
+        alpha, gamma = self.focal_loss_alpha, self.focal_loss_gamma
+        if self.loss == "focal_iou_pred":  # PAA: reg_decoded_bbox, the GT boxes are the targets
+            return focal_iou_pred_losses(logits, labels, pred, gt_box, pos_quality, n,
+                                         alpha=alpha, gamma=gamma)
+        # ATSS: encoded targets, decoded back onto the anchors for the GIoU and the centerness
+        target = self.box2box_transform.apply_deltas(
+            self.box2box_transform.get_deltas(pos_anchors, gt_box), pos_anchors)
+        per_image = torch.zeros(n, dtype=torch.long, device=img.device).index_add_(
+            0, img, torch.ones_like(img))
+        return focal_centerness_losses(logits, labels, pred, target, pos_anchors, pos_quality,
+                                       per_image, alpha=alpha, gamma=gamma,
+                                       reduce_mean=_all_reduce_mean)
 
     def _ensure_period(self):
         """Derive the self-balance period (one epoch) at the first training step if not given."""
@@ -329,6 +379,23 @@ class RankingRetinaNet(RetinaNet):
                     f"(one epoch of {names} at {batch} images per iteration)")
 
     # ------------------------------------------------------------------ inference
+    def forward_inference(self, images, features, predictions):
+        """Detectron2's, but with a quality branch the scores passed to
+        :meth:`inference_single_image` are the ATSS / PAA test scores
+        (:func:`~.baseline_losses.quality_test_scores`: s·q / sqrt(s·v))."""
+        if len(predictions) == 2:
+            return super().forward_inference(images, features, predictions)
+        pred_logits, pred_deltas, pred_quality = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4, 1])
+        anchors = self.anchor_generator(features)
+        results = []
+        for i, image_size in enumerate(images.image_sizes):
+            scores = [quality_test_scores(x[i], q[i], self.loss)
+                      for x, q in zip(pred_logits, pred_quality)]
+            results.append(self.inference_single_image(
+                anchors, scores, [x[i] for x in pred_deltas], image_size))
+        return results
+
     def inference_single_image(self, anchors: List[Boxes], box_cls: List[torch.Tensor],
                                box_delta: List[torch.Tensor], image_size: Tuple[int, int]):
         """mmdet dense-head test (``get_bboxes`` of mmdet 2.x dense heads): per level the
@@ -356,6 +423,8 @@ class RankingRetinaNet(RetinaNet):
         keep = batched_nms(det_boxes, det_scores, cls, self.test_nms_thresh)
         keep = keep[: self.max_detections_per_image]
         det_boxes, det_scores, cls = det_boxes[keep], det_scores[keep], cls[keep]
+        # no detection, no voting: the standard PAA head's score voting concatenates an empty
+        # list there and raises (RS-PAA's head guards it, as here)
         if self.score_voting and len(keep) > 0:
             det_boxes = score_voting(det_boxes, cls, boxes.tensor, scores,
                                      score_thr=self.test_score_thresh,
