@@ -66,6 +66,7 @@ def sample_image(cfg, path):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger()
+    setup_logger(name="rsloss_d2")
     logger.info("Command line arguments: " + str(args))
     os.makedirs(args.output, exist_ok=True)
     cfg = setup_cfg(args)
