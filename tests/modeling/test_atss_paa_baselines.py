@@ -193,7 +193,7 @@ from _dense_helpers import REPO, build, dense_cfg, fixed_batch, make_image, trai
 
 ATSS = "atss_R_18_FPN_quick.yaml"
 PAA = "paa_R_18_FPN_quick.yaml"
-BASELINES = {ATSS: ("focal_centerness", "loss_centerness")}
+BASELINES = {ATSS: ("focal_centerness", "loss_centerness"), PAA: ("focal_iou_pred", "loss_iou")}
 
 
 def _features(model, size=64):
@@ -314,9 +314,76 @@ def test_atss_model_losses_use_the_decoded_targets_and_per_image_normaliser():
         assert losses[k].item() == pytest.approx(v.item(), rel=1e-5), k
 
 
+def test_paa_score_voting_weights_by_the_sqrt_scores():
+    """Two boxes of class 2 (anchors at P3 cells (3, 3) and (4, 3), the second moved 4 px back:
+    IoU 7/9 > 0.6), NMS keeps the first; its voted box is Σ p_i b_i / Σ p_i with
+    p_i = exp(−(1 − IoU_i)² / 0.025) · sqrt(s_i·v_i) (PAA paper §3.4, mmdet paa_head.py)."""
+    model = build(dense_cfg(PAA))
+    model.eval()
+    images, features = _features(model)
+    with torch.no_grad():
+        logits, deltas, quality = model.head(features)
+    for lg, d, q in zip(logits, deltas, quality):
+        lg.fill_(-20.0)
+        d.zero_()
+        q.zero_()
+    logits[0][0, 2, 3, 3], quality[0][0, 0, 3, 3] = 2.0, 1.0
+    logits[0][0, 2, 3, 4], quality[0][0, 0, 3, 4] = 1.0, 0.0
+    deltas[0][0, 0, 3, 4] = -1.25  # dx = −4 px / 32 px, coder weight 10
+    with torch.no_grad():
+        inst = model.forward_inference(images, features, [logits, deltas, quality])[0]
+    sig = torch.sigmoid
+    scores = [float((sig(torch.tensor(2.0)) * sig(torch.tensor(1.0))).sqrt()),
+              float((sig(torch.tensor(1.0)) * sig(torch.tensor(0.0))).sqrt())]
+    b1, b2 = torch.tensor([8.0, 8.0, 40.0, 40.0]), torch.tensor([12.0, 8.0, 44.0, 40.0])
+    iou = 28 * 32 / (2 * 32 * 32 - 28 * 32)
+    p1, p2 = scores[0], math.exp(-(1 - iou) ** 2 / 0.025) * scores[1]
+    voted = (p1 * b1 + p2 * b2) / (p1 + p2)
+    assert len(inst) == 1 and inst.scores.item() == pytest.approx(scores[0], rel=1e-5)
+    assert torch.allclose(inst.pred_boxes.tensor[0], voted, atol=1e-4), (inst.pred_boxes, voted)
+
+
+def test_paa_model_losses_equal_the_loss_function_on_its_assignment():
+    from detectron2.layers import cat
+
+    from rsloss_d2.modeling.matchers import valid_anchor_mask
+    from rsloss_d2.modeling.ranking_retinanet.meta_arch import _gt_tables
+
+    model = build(dense_cfg(PAA))
+    model.train()
+    batch = fixed_batch()
+    images = model.preprocess_image(batch)
+    gt = [x["instances"] for x in batch]
+    features = [model.backbone(images.tensor)[f] for f in model.head_in_features]
+    with EventStorage(0):
+        preds = model.head(features)
+        losses = model.forward_training(images, features, preds, gt)
+        lg, dl, ql = model._transpose_dense_predictions(preds, [3, 4, 1])
+        logits, deltas, quality = cat(lg, 1), cat(dl, 1), cat(ql, 1)
+        anchors = model.anchor_generator(features)
+        valid = valid_anchor_mask([a.tensor for a in anchors], model.anchor_generator.strides,
+                                  images.image_sizes, model.backbone.size_divisibility,
+                                  model.anchor_generator.offset)
+        assigned, _ = model.assign(anchors, valid, gt, logits, deltas)
+    boxes, classes = _gt_tables(gt)
+    all_anchors = torch.cat([a.tensor for a in anchors])
+    img, anc = (assigned >= 0).nonzero(as_tuple=True)
+    labels = torch.full(assigned.shape, 3)
+    labels[img, anc] = classes[img, assigned[img, anc]]
+    labels[assigned == -2] = -1
+    pred = model.box2box_transform.apply_deltas(deltas[img, anc], all_anchors[anc])
+    ref = focal_iou_pred_losses(logits.reshape(-1, 3), labels.reshape(-1), pred,
+                                boxes[img, assigned[img, anc]], quality[img, anc, 0], 2)
+    assert img.numel() > 0
+    for k, v in ref.losses.items():
+        assert losses[k].item() == pytest.approx(v.item(), rel=1e-5), k
+
+
 @pytest.mark.parametrize("path", [
     os.path.join(REPO, "configs", "shapes", ATSS),
     os.path.join(REPO, "configs", "ranksort_loss", "atss_R_50_FPN_1x.yaml"),
+    os.path.join(REPO, "configs", "shapes", PAA),
+    os.path.join(REPO, "configs", "ranksort_loss", "paa_R_50_FPN_1x.yaml"),
 ], ids=os.path.basename)
 def test_configs_build_the_standard_heads(path):
     from detectron2.config import get_cfg
@@ -338,6 +405,12 @@ def test_configs_build_the_standard_heads(path):
     assert model.assigner == ("paa" if "paa" in os.path.basename(path) else "atss")
     assert model.test_nms_thresh == 0.6 and model.test_score_thresh == 0.05
     assert (model.focal_loss_alpha, model.focal_loss_gamma) == (0.25, 2.0)
+    if model.assigner == "paa":  # standard PAA: cost GIoU weight 1.3, sklearn's reg_covar
+        assert model.loss == "focal_iou_pred" and model.score_voting
+        assert (model.paa_cost_giou_weight, model.paa_reg_covar) == (1.3, 1e-6)
+        assert (model.paa_iou_thresh, model.paa_topk, model.score_voting_sigma) == (0.1, 9, 0.025)
+    else:
+        assert model.loss == "focal_centerness" and not model.score_voting
     if paper:
         assert cfg.SOLVER.BASE_LR == 0.01 and cfg.SOLVER.IMS_PER_BATCH == 16
         assert cfg.SOLVER.REFERENCE_WORLD_SIZE * cfg.SOLVER.REFERENCE_IMS_PER_PROCESS == 16
@@ -351,7 +424,7 @@ SMOKE = ["SOLVER.MAX_ITER", "20", "SOLVER.WARMUP_ITERS", "5", "SOLVER.STEPS", "(
          "DATALOADER.NUM_WORKERS", "0", "SEED", "3", "TEST.OLRP.ENABLED", "False"]
 
 
-@pytest.mark.parametrize("config", [ATSS])
+@pytest.mark.parametrize("config", [ATSS, PAA])
 def test_short_training_on_shapes_gives_finite_losses_and_detections(config, shapes_root,
                                                                       tmp_path):
     out = str(tmp_path)
