@@ -154,15 +154,16 @@ def check_before_launch(args):
     check_weights_file(cfg, args.eval_only, args.resume)
     if not args.eval_only:
         check_batch_size(cfg, world_size)
-    for message in check_output_dir(cfg, args.resume, getattr(args, "overwrite", False),
-                                    args.eval_only):
-        print(f"train_net.py: warning: {message}", flush=True)
     extra_opts, messages = check_config_against_data(cfg, summaries, eval_only=args.eval_only)
     for message in messages:
         print(f"train_net.py: {message}", flush=True)
     warning = images_per_process_warning(cfg, world_size)
     if warning:
         print(f"train_net.py: warning: {warning}", flush=True)
+    # last: with --overwrite it deletes the earlier run's files, once everything else passed
+    for message in check_output_dir(cfg, args.resume, getattr(args, "overwrite", False),
+                                    args.eval_only):
+        print(f"train_net.py: warning: {message}", flush=True)
     args.dataset_summaries = summaries
     args.opts = list(args.opts) + extra_opts
     return cfg

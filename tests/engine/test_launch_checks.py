@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rsloss_d2 import engine
+from rsloss_d2.data.config_checks import ConfigDataError
 from rsloss_d2.engine import ConfigError
 from rsloss_d2.engine.checkpoint import CheckedCheckpointer, CheckpointError
 
@@ -132,6 +133,11 @@ def test_new_run_over_a_finished_one_asks_for_resume_or_overwrite(tiny_shapes, m
     _check(["--resume"] + argv, tiny_shapes, monkeypatch)  # continue it: no complaint
     assert sorted(os.listdir(out)) == ["last_checkpoint", "metrics.json", "model_0000004.pth",
                                        "model_final.pth"]
+    # a run that fails any other check deletes nothing
+    with pytest.raises(ConfigDataError):
+        _check(["--overwrite"] + argv + ["MODEL.ROI_HEADS.NUM_CLASSES", "3"], tiny_shapes,
+               monkeypatch)
+    assert len(os.listdir(out)) == 4
     capsys.readouterr()
     _check(["--overwrite"] + argv, tiny_shapes, monkeypatch)
     assert os.listdir(out) == []  # nothing of the old run left to mix with the new one
