@@ -18,8 +18,8 @@ by two config keys instead of copies of a head:
 ATSS (Zhang et al., CVPR 2020) and PAA (Kim & Lee, ECCV 2020) are the standard heads RS-ATSS /
 RS-PAA are compared with (mmdet's ``atss_head.py`` / ``paa_head.py``; ``baseline_losses.py``):
 focal loss, GIoU and a quality branch whose sigmoid enters the test score (ATSS s·q, PAA
-sqrt(s·v)). Their ATSS normalisers (number of positives, Σ centerness) are all-reduced means
-over the processes, as officially; PAA's are per process.
+sqrt(s·v)). ATSS's normalisers (number of positives, Σ centerness) are all-reduced means over
+the processes, as officially (an exception to the per-process rule below); PAA's are per process.
 
 Everything else is Detectron2's ``RetinaNet`` / ``DenseDetector``: backbone + FPN P3–P7, anchor
 generator (``MODEL.ANCHOR_GENERATOR``, offset 0 = mmdet 2.x centres), ``Box2BoxTransform``
