@@ -3,6 +3,7 @@ own exporter writes it, see tests/data/foreign_coco.py) and one short real train
 the README's main job on it through tools/train_net.py --dataset, reused by the end-to-end tests
 (train, eval-only, demo, plots, oLRP)."""
 import json
+import logging
 import os
 import re
 import subprocess
@@ -20,6 +21,16 @@ E2E_OVERRIDES = [
     "SOLVER.MAX_ITER", "150", "SOLVER.STEPS", "(120,)", "SOLVER.WARMUP_ITERS", "30",
     "SOLVER.CHECKPOINT_PERIOD", "1000", "DATALOADER.NUM_WORKERS", "0", "SEED", "1",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _loggers_propagate():
+    """Detectron2's ``setup_logger`` (run in-process by Trainer / export tests) turns off the
+    propagation of the "detectron2" / "rsloss_d2" loggers, which hides their records from the
+    ``caplog`` of every later test: restore it after each test."""
+    yield
+    for name in ("detectron2", "rsloss_d2"):
+        logging.getLogger(name).propagate = True
 
 
 def run_train_net(args, datasets_root, timeout=1800, check=True):

@@ -2,7 +2,7 @@
 
 ``torch.tensor(values, device="cuda")`` (and ``x.new_tensor(values)`` on a CUDA tensor) copies
 from pageable host memory and waits for the GPU's stream to drain: a host synchronisation in
-the middle of the forward pass, counted by ``tools/count_host_syncs.py``. :func:`to_device`
+the middle of the forward pass, counted by ``tools/diagnostics/count_host_syncs.py``. :func:`to_device`
 builds the tensor on the host, pins it and copies it with ``non_blocking=True``, which queues
 the copy on the current stream without waiting (PyTorch's caching host allocator keeps the
 pinned block alive until the copy has run). On CPU it is a plain ``torch.as_tensor``.

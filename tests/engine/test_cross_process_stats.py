@@ -322,7 +322,7 @@ def test_logged_statistics_are_the_cross_process_means(runs):
             assert "dense/mean_pos_giou_loss" in logged
         # per-image positives / negatives: the mean over processes (2 images each) equals the
         # 1-process value over the same 4 images (assignment does not depend on the scores)
-        for k in ("dense/num_pos_anchors", "dense/num_neg_anchors"):
+        for k in ("dense/num_pos", "dense/num_neg"):
             assert logged[k] == pytest.approx(one[step]["logged"][k], rel=1e-6), (step, k)
     # a step where no process defines a statistic does not log it; one where one does, logs it
     assert "dense/mean_pos_giou_loss" in rows0[0]["logged"]

@@ -1,5 +1,5 @@
 """Host reads of the RS-SOLOv2 / RS-YOLACT / RS-RPN training losses (CPU stand-in for the CUDA
-count of ``tools/count_host_syncs.py``).
+count of ``tools/diagnostics/count_host_syncs.py``).
 
 A ``TorchFunctionMode`` records every call that synchronises the host on CUDA (``nonzero``,
 ``tolist`` / ``item`` / ``int()`` ..., boolean-mask indexing with a tensor value, ``bincount``,

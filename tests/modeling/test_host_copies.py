@@ -1,5 +1,5 @@
 """rsloss_d2.modeling.host_copies.to_device: the values, dtype and device of torch.as_tensor
-(the pinned, non-blocking CUDA path is exercised by tools/count_host_syncs.py on a GPU)."""
+(the pinned, non-blocking CUDA path is exercised by tools/diagnostics/count_host_syncs.py on a GPU)."""
 import torch
 
 from rsloss_d2.modeling.host_copies import to_device

@@ -25,10 +25,10 @@ def test_probe_records_every_iteration(shapes_root, tmp_path):
         # λ = (L_rank + L_sort) / L_box, both only true of one iteration's values, not of medians
         cls = r["loss_roi_rank"] + r["loss_roi_sort"]
         assert abs(r["loss_roi_bbox"] - cls) < 1e-4 * max(1.0, cls)
-        assert abs(r["fast_rcnn/lambda_bbox"] * r["fast_rcnn/giou_loss"] - cls) < 1e-3 * cls
+        assert abs(r["fast_rcnn/lambda_bbox"] * r["fast_rcnn/loss_bbox_unbalanced"] - cls) < 1e-3 * cls
         assert r["grad_norm/backbone"] >= r["grad_norm/bottom_up"] > 0
         assert r["grad_norm/bbox_pred"] > 0 and r["grad_norm/cls_score"] > 0
-        assert 0 <= r["fast_rcnn/num_gt_pos_rois"] <= r["fast_rcnn/num_pos_rois"]
+        assert 0 <= r["fast_rcnn/num_gt_pos_rois"] <= r["fast_rcnn/num_pos"]
     assert len({r["fast_rcnn/lambda_bbox"] for r in rows}) == 3
     summary = (out / "summary.md").read_text()
     assert "| fast_rcnn/lambda_bbox |" in summary and "it 2–2" in summary
