@@ -23,8 +23,10 @@ FAMILY_CONFIGS = {
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.01", "MODEL.RPN.POST_NMS_TOPK_TEST", "100"]),
     "rs_cascade_rcnn": ("shapes/rs_cascade_rcnn_R_18_FPN_quick.yaml", _SMALL + [
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.01", "MODEL.RPN.POST_NMS_TOPK_TEST", "100"]),
+    # 150 candidates per level: P5 of the (wide) trace sample has more anchors (4 × 8 × 6), of
+    # the test images fewer (4 × 4 × 6): the traced top-k size must follow the image
     "rs_paa": ("shapes/rs_paa_R_18_FPN_quick.yaml", _SMALL + [
-        "MODEL.RETINANET.SCORE_THRESH_TEST", "0.02"]),
+        "MODEL.RETINANET.SCORE_THRESH_TEST", "0.02", "MODEL.RETINANET.TOPK_CANDIDATES_TEST", "150"]),
     "rs_yolact": ("shapes/rs_yolact_R_18_quick.yaml", [
         "MODEL.YOLACT.INPUT_SIZE", "112", "MODEL.YOLACT.SCORE_THRESH_TEST", "0.02"]),
     "rs_solov2": ("shapes/rs_solov2_R_18_FPN_quick.yaml", _SMALL + [
@@ -83,11 +85,13 @@ def val_images(cfg, num=5):
 
 
 def trace_sample(cfg):
-    """A shapes_train image at the test size cropped to a size none of the test images has."""
+    """Two shapes_train images at the test size side by side, cropped: a size none of the test
+    images has, twice as wide (padded to another size than theirs, more anchors per level)."""
     from rsloss_d2.export.inputs import image_tensor
 
-    d = DatasetCatalog.get("shapes_train")[0]
-    img = image_tensor(cfg, utils.read_image(d["file_name"], format=cfg.INPUT.FORMAT))
+    imgs = [image_tensor(cfg, utils.read_image(d["file_name"], format=cfg.INPUT.FORMAT))
+            for d in DatasetCatalog.get("shapes_train")[:2]]
+    img = torch.cat(imgs, dim=2)
     h, w = img.shape[-2:]
     return img[:, : h - 4, : w - 12].contiguous()
 
