@@ -66,15 +66,25 @@ def read_metrics(output_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _generate_shapes(tmp_path_factory, folder, num_train, num_val, image_size):
+    from rsloss_d2.data.synthetic import generate_all
+
+    root = str(tmp_path_factory.mktemp(folder))
+    generate_all(root, num_train=num_train, num_val=num_val, image_size=image_size, seed=0,
+                 progress=False, which=("shapes",))
+    return root
+
+
 @pytest.fixture(scope="session")
 def shapes_root(tmp_path_factory):
     """A small generated `shapes` dataset (80 train / 16 val images, 256 px)."""
-    from rsloss_d2.data.synthetic import generate_all
+    return _generate_shapes(tmp_path_factory, "datasets", 80, 16, 256)
 
-    root = str(tmp_path_factory.mktemp("datasets"))
-    generate_all(root, num_train=80, num_val=16, image_size=256, seed=0, progress=False,
-                 which=("shapes",))
-    return root
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory):
+    """A smaller `shapes` set (16 train / 4 val images of 128 px), read-only for its users."""
+    return _generate_shapes(tmp_path_factory, "tiny_shapes", 16, 4, 128)
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,9 @@ boxes at the input resolution; scaling to the original image is the caller's). R
 the mask head's M×M probabilities of each box (Detectron2's ``do_postprocess=False`` output);
 they are pasted into the image by the caller (``tools/deploy/run_exported.py``).
 
-The R-CNN family is traced through the model's own ``inference``. The other families run the
-model's own modules with a traceable per-image decoding written here, equal to the eager code
+The R-CNN family is traced through the model's own ``inference``, the dense family through the
+model's own per-image decoding in its traceable form. YOLACT and SOLOv2 run the model's own
+modules with a traceable per-image decoding written in their modules, equal to the eager code
 in every step, because the eager code decides on data-dependent Python values (a top-k size
 from ``min(k, n)``, ``int(...)`` of a count, early returns on empty tensors) that a trace would
 freeze at the sample's values.
@@ -34,12 +35,9 @@ import types
 from typing import Dict, Tuple
 
 import torch
-import torch.nn.functional as F
 from detectron2.export.torchscript_patch import patch_builtin_len
-from detectron2.layers import batched_nms, cat
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
-from detectron2.structures import Boxes, Instances
 
 __all__ = ["FAMILIES", "OUTPUT_NAMES", "family_of", "inference_function", "eager_outputs"]
 
@@ -89,11 +87,6 @@ def _rsloss_modules(model):
                    if type(m).__module__.startswith("rsloss_d2.")})
 
 
-def _topk_size(n, k: int):
-    """min(n, k) that stays tied to ``n`` under tracing (``DenseDetector``'s idiom)."""
-    return torch.clamp(n, max=k) if isinstance(n, torch.Tensor) else min(n, k)
-
-
 # ---------------------------------------------------------------------------- R-CNN
 def _rcnn(model, image):
     with patch_builtin_len(_rsloss_modules(model)):
@@ -106,32 +99,11 @@ def _rcnn(model, image):
 
 # ---------------------------------------------------------------------------- dense
 def _dense_single_image(self, anchors, box_cls, box_delta, image_size):
-    """``RankingRetinaNet.inference_single_image`` with a traceable top-k size and score voting
-    always applied (it is a no-op on zero detections, but a trace must not branch on that)."""
-    cand_boxes, cand_scores = [], []
-    for anchors_l, scores_l, deltas_l in zip(anchors, box_cls, box_delta):
-        anchors_l = anchors_l.tensor
-        if self.test_topk_candidates > 0:
-            k = _topk_size(scores_l.shape[0], self.test_topk_candidates)
-            top = scores_l.max(dim=1).values.topk(k).indices
-            scores_l, deltas_l, anchors_l = scores_l[top], deltas_l[top], anchors_l[top]
-        cand_boxes.append(self.box2box_transform.apply_deltas(deltas_l, anchors_l))
-        cand_scores.append(scores_l)
-    boxes = Boxes(cat(cand_boxes))
-    boxes.clip(image_size)
-    scores = cat(cand_scores)
-    idx, cls = (scores > self.test_score_thresh).nonzero(as_tuple=True)
-    det_boxes, det_scores = boxes.tensor[idx], scores[idx, cls]
-    keep = batched_nms(det_boxes, det_scores, cls, self.test_nms_thresh)
-    keep = keep[: self.max_detections_per_image]
-    det_boxes, det_scores, cls = det_boxes[keep], det_scores[keep], cls[keep]
-    if getattr(self, "score_voting", False):
-        from rsloss_d2.modeling.matchers import score_voting
+    """``RankingRetinaNet.inference_single_image`` in its traceable form."""
+    from rsloss_d2.modeling.ranking_retinanet.meta_arch import RankingRetinaNet
 
-        det_boxes = score_voting(det_boxes, cls, boxes.tensor, scores,
-                                 score_thr=self.test_score_thresh, sigma=self.score_voting_sigma)
-    return Instances(image_size, pred_boxes=Boxes(det_boxes), scores=det_scores,
-                     pred_classes=cls)
+    return RankingRetinaNet._detections_single_image(self, anchors, box_cls, box_delta,
+                                                     image_size, traceable=True)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,8 @@ and the glue the detection heads need (``utils.py``): :func:`vectorize_labels`,
 Long-tail classification (GOL): :func:`gumbel_activation`, :func:`gumbel_cross_entropy`
 (``gumbel.py``), :func:`drop_loss`, :func:`eql_loss`, :func:`tail_class_mask` (``drop_loss.py``).
 ``reference.py`` holds the slow per-positive loops used by the tests and the benchmark;
-``op_count.py`` counts the operations and host reads of a call (tests and benchmark).
+``op_count.py`` counts the operations and host reads of a call and ``synthetic.py`` draws seeded
+inputs (tests and benchmark).
 """
 from .alrp import ALRPSelfBalance, alrp_loss
 from .ap import ap_loss

@@ -63,6 +63,7 @@ __all__ = [
     "sums_at_centres",
     "centre_tables",
     "evaluate",
+    "NegativeStepSums",
     "counts_per_bin",
     "StepBins",
     "step_sums_over_points",
@@ -335,6 +336,52 @@ def evaluate(table: torch.Tensor, k: torch.Tensor, x64: torch.Tensor) -> torch.T
     if table.dim() == 1:
         return at
     return torch.addcmul(at[:, 0], at[:, 1], x64, value=-1)
+
+
+class NegativeStepSums:
+    """The positive–negative step sums of one ranking-loss call (RS, aLRP and AP Loss).
+
+    Sorts the breakpoints of the positives' logits (the centres), bins the negatives once and
+    allocates the histogram and the gradient table in one zero-filled buffer.
+
+    Args:
+        s: (M,) flat logits, compute dtype.  neg: (M,) bool, the negatives.
+        pos_idx: (P,) indices of the positives, P ≥ 1.  delta: δ of H.
+        rows: rows of the histogram, 2 per weighting (:func:`histogram`).
+        sanitize: map NaN logits to bin 0 (logits not checked, :func:`point_bins`).
+
+    Attributes:
+        fg_s: (P,) the positives' logits.  one: float64 scalar 1 (:func:`constant`).
+        points: (2, M) float64 rows ``[1, s_j]``, the negatives' weights (bin 0 is masked out).
+    """
+
+    def __init__(self, s: torch.Tensor, neg: torch.Tensor, pos_idx: torch.Tensor, delta: float,
+                 rows: int, sanitize: bool):
+        self.delta = delta
+        self.fg_s = s.index_select(0, pos_idx)
+        self.both, self.bp, self.r = breakpoints(self.fg_s, delta)
+        self.num_bins = self.bp.numel() + 1
+        self.hist, self.diff = zero_buffers(s.device, (rows, self.num_bins),
+                                            table_shape(self.num_bins, delta))
+        self.k = point_bins(self.bp, s, neg, sanitize=sanitize)
+        self.one = constant(1.0, torch.float64, s.device)
+        self.points = torch.stack([self.one.expand(s.numel()), s])
+
+    def at_centres(self, positives: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(A) for every centre, float64 (rows/2, P): first ``Σ_{j∈N} H(s_j − c_i)``, then one
+        row per pair of ``positives`` (R₂, P) rows ``(u_j, u_j·x_j)`` over the positives."""
+        k_pos = None
+        if positives is not None:
+            k_pos = torch.searchsorted(self.bp, self.fg_s, right=True)
+        hist = histogram(self.num_bins, self.k, self.points, k_pos, positives, out=self.hist)
+        return sums_at_centres(hist, self.both, self.r, self.delta)
+
+    def at_points(self, w: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+        """(B) for every logit, ``scale · Σ_i w_i H(s_j − c_i)`` (0 off the negatives): (M,) in
+        ``dtype``.  w: (P,) weight of every centre."""
+        table = centre_tables(w, self.both, self.r, self.num_bins, self.delta, scale=scale,
+                              out=self.diff)
+        return evaluate(table, self.k, self.points[1]).to(dtype)
 
 
 def counts_per_bin(index: torch.Tensor, num_bins: int,

@@ -14,20 +14,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import nn
 
-from ._step_sums import (
-    breakpoints,
-    centre_tables,
-    constant,
-    evaluate,
-    find_positives,
-    histogram,
-    no_autocast,
-    point_bins,
-    prepare_inputs,
-    sums_at_centres,
-    table_shape,
-    zero_buffers,
-)
+from ._step_sums import NegativeStepSums, find_positives, no_autocast, prepare_inputs
 
 __all__ = ["alrp_loss", "ALRPFunction", "ALRPSelfBalance"]
 
@@ -75,27 +62,18 @@ def _alrp_forward(s: torch.Tensor, t: torch.Tensor, loc: torch.Tensor, delta: fl
         return (zero, s.new_zeros(0), torch.zeros(0, dtype=torch.long, device=s.device),
                 torch.zeros_like(s))
     dtype = s.dtype
-    fg_s = s.index_select(0, pos_idx)
-    both, bp, r = breakpoints(fg_s, delta)
-    num_bins = bp.numel() + 1
-    hist, diff = zero_buffers(s.device, (6, num_bins), table_shape(num_bins, delta))
-    k = point_bins(bp, s, neg, sanitize=guard is not None)
-    one = constant(1.0, torch.float64, s.device)
-    points = torch.stack([one.expand(s.numel()), s])
+    pairs = NegativeStepSums(s, neg, pos_idx, delta, 6, sanitize=guard is not None)
+    fg_s = pairs.fg_s
     # The positives as points too, with weights 1 and ℓ_loc: Σ_j H(x_ij), Σ_j H(x_ij) ℓ_loc(j).
-    positives = torch.stack([one.expand(num_fg), fg_s, loc, loc * fg_s])
-    histogram(num_bins, k, points, torch.searchsorted(bp, fg_s, right=True), positives,
-              out=hist)
-    sums = sums_at_centres(hist, both, r, delta).to(dtype)  # [N_FP, Σ_j H, Σ_j H ℓ_loc] (j ∋ i)
+    positives = torch.stack([pairs.one.expand(num_fg), fg_s, loc, loc * fg_s])
+    sums = pairs.at_centres(positives).to(dtype)  # [N_FP, Σ_j H, Σ_j H ℓ_loc] (j ∋ i)
     fp = sums[0]
     # rank(i) = rank⁺(i) + N_FP(i) with rank⁺ = 1 + Σ_{j≠i} H(x_ij) (the self term is H(0) = 1/2)
     rank = torch.add(sums[1], fp).add_(0.5)
     step = fp > _ALRP_EPS
     # −g_i = (Σ_{j≠i} H(x_ij) ℓ_loc(j) + N_FP(i)) / rank(i) where N_FP(i) > eps (Eq. 11)
     pos_grad = torch.add(sums[2], loc, alpha=-0.5).add_(fp).div_(rank).mul_(step)
-    table = centre_tables(pos_grad / fp.clamp_min(_ALRP_EPS), both, r, num_bins, delta,
-                          scale=1.0 / num_fg, out=diff)
-    grad = evaluate(table, k, points[1]).to(dtype)
+    grad = pairs.at_points(pos_grad / fp.clamp_min(_ALRP_EPS), 1.0 / num_fg, dtype)
     grad.index_add_(0, pos_idx, pos_grad, alpha=-1.0 / num_fg)
     loss = (fp / rank).mean()  # 1 − mean prec(i)
     if guard is not None:

@@ -14,20 +14,7 @@ from typing import Optional
 
 import torch
 
-from ._step_sums import (
-    breakpoints,
-    centre_tables,
-    constant,
-    evaluate,
-    find_positives,
-    histogram,
-    no_autocast,
-    point_bins,
-    prepare_inputs,
-    sums_at_centres,
-    table_shape,
-    zero_buffers,
-)
+from ._step_sums import NegativeStepSums, find_positives, no_autocast, prepare_inputs
 
 __all__ = ["ap_loss", "APLossFunction"]
 
@@ -57,17 +44,10 @@ def _ap_forward(s: torch.Tensor, t: torch.Tensor, delta: float, num_positives: O
     if num_fg == 0:
         return (s.new_zeros(()) if guard is None else guard), torch.zeros_like(s)
     dtype = s.dtype
-    fg_s = s.index_select(0, pos_idx)
-    both, bp, r = breakpoints(fg_s, delta)
-    num_bins = bp.numel() + 1
-    hist, diff = zero_buffers(s.device, (4, num_bins), table_shape(num_bins, delta))
-    k = point_bins(bp, s, neg, sanitize=guard is not None)
-    one = constant(1.0, torch.float64, s.device)
-    points = torch.stack([one.expand(s.numel()), s])
-    positives = torch.stack([one.expand(num_fg), fg_s])
-    histogram(num_bins, k, points, torch.searchsorted(bp, fg_s, right=True), positives,
-              out=hist)
-    sums = sums_at_centres(hist, both, r, delta).to(dtype)  # [N_FP(i), Σ_j H(x_ij)] (j ∋ i)
+    pairs = NegativeStepSums(s, neg, pos_idx, delta, 4, sanitize=guard is not None)
+    fg_s = pairs.fg_s
+    positives = torch.stack([pairs.one.expand(num_fg), fg_s])
+    sums = pairs.at_centres(positives).to(dtype)  # [N_FP(i), Σ_j H(x_ij)] (j ∋ i)
     # rank⁺(i) = 1 + Σ_{j≠i} H(x_ij) (the self term is H(0) = 1/2); rank = rank⁺ + N_FP
     rank_pos = sums[1] + 0.5
     rank = rank_pos + sums[0]
@@ -80,9 +60,7 @@ def _ap_forward(s: torch.Tensor, t: torch.Tensor, delta: float, num_positives: O
     # and then passes 1/rank(i) to the negatives, else (1 − p̂(i))/(1 − prec(i)) / rank(i).
     miss = 1 - torch.stack([interp, prec])
     factor = torch.where(interp == prec, 1.0, miss[0] / miss[1])
-    table = centre_tables(factor / rank, both, r, num_bins, delta, scale=1.0 / num_fg,
-                          out=diff)
-    grad = evaluate(table, k, points[1]).to(dtype)
+    grad = pairs.at_points(factor / rank, 1.0 / num_fg, dtype)
     grad.index_add_(0, pos_idx, miss[0], alpha=-1.0 / num_fg)  # −(1 − p̂(i)) / |P|
     loss = miss[0].mean()  # 1 − mean p̂(i)
     if guard is not None:

@@ -19,21 +19,13 @@ from typing import Optional, Tuple
 import torch
 
 from ._step_sums import (
+    NegativeStepSums,
     StepBins,
-    breakpoints,
-    centre_tables,
-    constant,
-    evaluate,
     find_positives,
-    histogram,
     no_autocast,
     ordered_step_sums,
-    point_bins,
     prepare_inputs,
     step_sums_over_points,
-    sums_at_centres,
-    table_shape,
-    zero_buffers,
 )
 
 __all__ = ["rank_sort_loss", "RankSortFunction"]
@@ -128,15 +120,11 @@ def _rank_sort_forward(s: torch.Tensor, t: torch.Tensor, delta: float,
     if num_fg == 0:
         zero = s.new_zeros(()) if guard is None else guard
         return zero, zero.clone(), torch.zeros_like(s)
-    fg_s = s.index_select(0, pos_idx)
-    fg_y = t.index_select(0, pos_idx).to(dtype)
     # Positive–negative part (Eq. 7): N_FP(i) = Σ_{j∈N} H(s_j − s_i) through the breakpoints.
-    both, bp, r = breakpoints(fg_s, delta)
-    num_bins = bp.numel() + 1
-    hist, diff = zero_buffers(s.device, (2, num_bins), table_shape(num_bins, delta))
-    k = point_bins(bp, s, neg, sanitize=guard is not None)
-    points = torch.stack([constant(1.0, torch.float64, s.device).expand(s.numel()), s])
-    fp = sums_at_centres(histogram(num_bins, k, points, out=hist), both, r, delta)[0].to(dtype)
+    pairs = NegativeStepSums(s, neg, pos_idx, delta, 2, sanitize=guard is not None)
+    fg_s = pairs.fg_s
+    fg_y = t.index_select(0, pos_idx).to(dtype)
+    fp = pairs.at_centres()[0].to(dtype)
     if num_fg <= DENSE_MAX_POSITIVES:
         sums, sums_y, h_low = _positive_dense_stats(fg_s, fg_y, delta)
         ratios = sums_y[0::2] / sums[0::2]  # Σ_{A(i)} H y / Σ_{A(i)} H, Σ H y / rank⁺
@@ -156,8 +144,7 @@ def _rank_sort_forward(s: torch.Tensor, t: torch.Tensor, delta: float,
         fg_grad = torch.addmv(steps.sum(0), h_low.T, coef[0], beta=-1)
     else:
         fg_grad = received(coef[0]).to(dtype) - steps.sum(0)
-    table = centre_tables(coef[1], both, r, num_bins, delta, scale=1.0 / num_fg, out=diff)
-    grad = evaluate(table, k, points[1]).to(dtype)
+    grad = pairs.at_points(coef[1], 1.0 / num_fg, dtype)
     grad.index_add_(0, pos_idx, fg_grad, alpha=1.0 / num_fg)
     losses = errors.mean(1)
     if guard is not None:

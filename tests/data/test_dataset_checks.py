@@ -114,31 +114,36 @@ def test_crowd_rle_with_short_counts_is_refused_too(tiny, tmp_path):
 
 
 # ---------------------------------------------------- empty and degenerate masks
-def test_empty_segmentation_with_masks_on_names_the_annotation(tiny, tmp_path):
-    path = _variant(tiny, tmp_path, lambda d: _ann(d, 1010).__setitem__("segmentation", []))
+def _refused_with_masks_kept_without(tiny, tmp_path, ann_id, segmentation, match, image_id):
+    """Annotation ``ann_id`` given ``segmentation``: the mask config refuses the training set
+    with ``match``, the box-only config trains on it; returns the loaded record of
+    ``image_id``."""
+    path = _variant(tiny, tmp_path,
+                    lambda d: _ann(d, ann_id).__setitem__("segmentation", segmentation))
     datasets, opts = _train_on(tiny, path)
-    with pytest.raises(ConfigDataError, match=r"MODEL.MASK_ON is True but 1 non-crowd "
-                       r"annotations of the training set 'own_train' .* e.g. annotation id 1010 "
-                       r"\(annotations\[3\]\) of image 'img_001.png'"):
+    with pytest.raises(ConfigDataError, match=match):
         _check(tmp_path, datasets, *opts)
-    # a box-only model trains on its box
     _check(tmp_path, datasets, *opts, config=BOX_ONLY)
-    (record,) = [d for d in DatasetCatalog.get("own_train") if d["image_id"] == 110]
-    assert len(record["annotations"]) == 3
+    (record,) = [d for d in DatasetCatalog.get("own_train") if d["image_id"] == image_id]
+    return record
+
+
+def test_empty_segmentation_with_masks_on_names_the_annotation(tiny, tmp_path):
+    record = _refused_with_masks_kept_without(
+        tiny, tmp_path, 1010, [],
+        r"MODEL.MASK_ON is True but 1 non-crowd annotations of the training set 'own_train' "
+        r".* e.g. annotation id 1010 \(annotations\[3\]\) of image 'img_001.png'", 110)
+    assert len(record["annotations"]) == 3  # a box-only model trains on its box
 
 
 def test_degenerate_polygon_is_an_error_with_masks_and_a_box_without(tiny, tmp_path):
     """A polygon of 2 points: Detectron2's COCO loader drops the whole instance; here a mask
     model refuses the set and a box-only model keeps the instance as a box."""
-    path = _variant(tiny, tmp_path, lambda d: _ann(d, 1020).__setitem__(
-        "segmentation", [[2.0, 3.0, 12.0, 11.0]]))
-    datasets, opts = _train_on(tiny, path)
-    with pytest.raises(ConfigDataError, match=r"1 non-crowd annotations of the training set "
-                       r"'own_train' .* have only polygons of fewer than 3 points, e.g. "
-                       r"annotation id 1020 \(annotations\[6\]\) of image 'img_002.jpg'"):
-        _check(tmp_path, datasets, *opts)
-    _check(tmp_path, datasets, *opts, config=BOX_ONLY)
-    (record,) = [d for d in DatasetCatalog.get("own_train") if d["image_id"] == 120]
+    record = _refused_with_masks_kept_without(
+        tiny, tmp_path, 1020, [[2.0, 3.0, 12.0, 11.0]],
+        r"1 non-crowd annotations of the training set 'own_train' .* have only polygons of "
+        r"fewer than 3 points, e.g. annotation id 1020 \(annotations\[6\]\) of image "
+        r"'img_002.jpg'", 120)
     kept = [a for a in record["annotations"] if "segmentation" not in a]
     assert len(record["annotations"]) == 3 and len(kept) == 1
     cat_class = MetadataCatalog.get("own_train").thing_dataset_id_to_contiguous_id[3]

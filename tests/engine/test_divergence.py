@@ -70,17 +70,6 @@ def test_each_head_counts_on_its_own_and_all_stopped_heads_are_named():
     assert it == 2 and "heads 'rpn' (" in hook.error and " and 'fast_rcnn' (" in hook.error
 
 
-@pytest.fixture(scope="module")
-def tiny_shapes(tmp_path_factory):
-    """A small `shapes` set (16 train / 4 val images of 128 px)."""
-    from rsloss_d2.data.synthetic import generate_all
-
-    root = str(tmp_path_factory.mktemp("tiny_shapes"))
-    generate_all(root, num_train=16, num_val=4, image_size=128, seed=0, progress=False,
-                 which=("shapes",))
-    return root
-
-
 def _train(opts, root, tmp_path, monkeypatch):
     """Train the main job's config (RS-Mask R-CNN) in-process at a learning rate of 1000."""
     monkeypatch.setenv("DETECTRON2_DATASETS", root)

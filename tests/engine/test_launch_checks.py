@@ -16,17 +16,6 @@ from conftest import QUICK_CONFIG, REPO, run_train_net
 ATSS_CONFIG = os.path.join(REPO, "configs", "shapes", "rs_atss_R_18_FPN_quick.yaml")
 
 
-@pytest.fixture(scope="module")
-def tiny_shapes(tmp_path_factory):
-    """A small `shapes` set (16 train / 4 val images of 128 px)."""
-    from rsloss_d2.data.synthetic import generate_all
-
-    root = str(tmp_path_factory.mktemp("tiny_shapes"))
-    generate_all(root, num_train=16, num_val=4, image_size=128, seed=0, progress=False,
-                 which=("shapes",))
-    return root
-
-
 def _check(argv, root, monkeypatch):
     """check_before_launch of the command line `argv` (datasets under `root`)."""
     monkeypatch.setenv("DETECTRON2_DATASETS", root)

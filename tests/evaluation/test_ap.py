@@ -13,7 +13,7 @@ import pytest
 from rsloss_d2.evaluation import compute_coco_ap, compute_lvis_ap, evaluate_coco, evaluate_lvis
 from rsloss_d2.evaluation.synthetic import make_synthetic_coco
 
-from test_olrp import det, make_gt
+from test_olrp import box_rle, det, make_gt
 from test_olrp_lvis import HAND_DETS, HAND_GT, make_lvis
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -116,10 +116,7 @@ def _polygon_masks(gt, dets, seed):
         a["area"] = float(mask_utils.area(mask_utils.merge(
             mask_utils.frPyObjects(a["segmentation"], H, W))))
     for d in dets:
-        x, y, w, h = d.pop("bbox")
-        rle = mask_utils.frPyObjects([[x, y, x + w, y, x + w, y + h, x, y + h]], H, W)[0]
-        rle["counts"] = rle["counts"].decode("ascii")
-        d["segmentation"] = rle
+        d["segmentation"] = box_rle(d.pop("bbox"), H, W)
     return gt, dets
 
 

@@ -247,6 +247,14 @@ def test_masks_hand_computed():
                              lrp_from_cocoeval(gt, dets, "segm"))
 
 
+def box_rle(box, height, width):
+    """Compressed RLE (``counts`` a str, as in a results file) of an xywh box's mask."""
+    x, y, w, h = box
+    rle = mask_utils.frPyObjects([[x, y, x + w, y, x + w, y + h, x, y + h]], height, width)[0]
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
 def _polygon_dataset(seed):
     """Random boxes as polygon GTs (some crowd, as uncompressed RLE) and RLE detections."""
     gt, dets = make_synthetic_coco(num_images=8, num_classes=3, dets_per_image=8, seed=seed,
@@ -262,12 +270,8 @@ def _polygon_dataset(seed):
                                   x, y + h]]
         a["area"] = float(mask_utils.area(mask_utils.merge(
             mask_utils.frPyObjects([[x, y, x + w, y, x + w, y + h, x, y + h]], 100, 120))))
-    out = []
-    for d in dets:
-        x, y, w, h = d["bbox"]
-        rle = mask_utils.frPyObjects([[x, y, x + w, y, x + w, y + h, x, y + h]], 100, 120)[0]
-        rle["counts"] = rle["counts"].decode("ascii")
-        out.append({k: d[k] for k in ("image_id", "category_id", "score")} | {"segmentation": rle})
+    out = [{k: d[k] for k in ("image_id", "category_id", "score")}
+           | {"segmentation": box_rle(d["bbox"], 100, 120)} for d in dets]
     return gt, out
 
 

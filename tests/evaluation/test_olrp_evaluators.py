@@ -153,19 +153,25 @@ def _lvis_json(tmp_path):
     return name
 
 
-def test_lvis_evaluator_federated_rules(tmp_path):
-    name = _lvis_json(tmp_path)
-    ev = LVISOLRPEvaluator(name, distributed=False, output_dir=str(tmp_path / "out"))
+def _lvis_outputs():
+    """Instances of the hand detections of images 1 and 2, XYWH turned into XYXY; contiguous
+    class = LVIS id − 1 (Detectron2's mapping for LVIS)."""
     outputs = {}
     for img in (1, 2):
         ds = [d for d in HAND_DETS if d["image_id"] == img]
-        # contiguous class = LVIS id - 1 (Detectron2's mapping for LVIS)
         inst = Instances((SIZE * 8, SIZE * 8))
         b = torch.tensor([d["bbox"] for d in ds], dtype=torch.float32)
         inst.pred_boxes = Boxes(torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], dim=1))
         inst.scores = torch.tensor([d["score"] for d in ds])
         inst.pred_classes = torch.tensor([d["category_id"] - 1 for d in ds])
         outputs[img] = inst
+    return outputs
+
+
+def test_lvis_evaluator_federated_rules(tmp_path):
+    name = _lvis_json(tmp_path)
+    ev = LVISOLRPEvaluator(name, distributed=False, output_dir=str(tmp_path / "out"))
+    outputs = _lvis_outputs()
     res = _run(ev, outputs)["bbox"]
     assert "APr" in res
     assert res["oLRP"] == pytest.approx(27.5)
@@ -251,15 +257,7 @@ def test_evaluators_report_ranking_quality_and_equal_ap_either_way(tmp_path, cap
         path = tmp_path / "lvis.json"
         cls, want_fn = LVISOLRPEvaluator, ranking_quality_lvis
         mapping = {i: i + 1 for i in range(4)}
-        outputs = {}
-        for img in (1, 2):
-            ds = [d for d in HAND_DETS if d["image_id"] == img]
-            inst = Instances((SIZE * 8, SIZE * 8))
-            b = torch.tensor([d["bbox"] for d in ds], dtype=torch.float32)
-            inst.pred_boxes = Boxes(torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], dim=1))
-            inst.scores = torch.tensor([d["score"] for d in ds])
-            inst.pred_classes = torch.tensor([d["category_id"] - 1 for d in ds])
-            outputs[img] = inst
+        outputs = _lvis_outputs()
     results = {}
     for impl in ("vectorised", "official"):
         ev = cls(name, distributed=False, output_dir=str(tmp_path / impl), ap_impl=impl)

@@ -3,14 +3,13 @@ reference and with the LVIS API's own matching (`LVISEval.evaluate()`) on random
 import math
 
 import numpy as np
-import pycocotools.mask as mask_utils
 import pytest
 
 from rsloss_d2.evaluation.olrp import compute_olrp_lvis
 from rsloss_d2.evaluation.synthetic import make_synthetic_coco
 
 from reference_olrp import lrp_from_lvis_eval, reference_olrp
-from test_olrp import assert_close, assert_matches_reference
+from test_olrp import assert_close, assert_matches_reference, box_rle
 
 
 def lvis_gt(anns, images, freqs):
@@ -123,10 +122,7 @@ def make_lvis(seed, num_images=30, num_classes=6, dets_per_image=15, masks=False
             x, y, w, h = a["bbox"]
             a["segmentation"] = [[x, y, x + w, y, x + w, y + h * 0.6, x, y + h]]
         for d in dets:
-            x, y, w, h = d.pop("bbox")
-            rle = mask_utils.frPyObjects([[x, y, x + w, y, x + w, y + h, x, y + h]], H, W)[0]
-            rle["counts"] = rle["counts"].decode("ascii")
-            d["segmentation"] = rle
+            d["segmentation"] = box_rle(d.pop("bbox"), H, W)
     return gt, dets
 
 

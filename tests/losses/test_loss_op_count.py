@@ -19,6 +19,7 @@ from rsloss_d2.losses.reference import (
     ap_loss_reference,
     rank_sort_loss_reference,
 )
+from rsloss_d2.losses.synthetic import random_ranking_inputs
 
 from _ranking_cases import max_abs_diff, random_case
 
@@ -28,14 +29,7 @@ MAX_OPS_CPU_GRID = 75  # the CPU-only uniform grid replaces one searchsorted by 
 
 def _inputs(p, n, seed=0):
     g = torch.Generator().manual_seed(seed)
-    m = p + n
-    logits = torch.randn(m, generator=g) * 1.5 - 1.0
-    pos = torch.randperm(m, generator=g)[:p]
-    logits[pos] += 2.0
-    binary = torch.zeros(m)
-    binary[pos] = 1.0
-    ious = torch.zeros(m)
-    ious[pos] = torch.rand(p, generator=g) * 0.95 + 0.05
+    logits, binary, ious = random_ranking_inputs(p, n, g)
     binary[-5:] = -1  # a few ignored entries
     ious[-5:] = -1
     return logits, binary, ious, torch.rand(int((binary == 1).sum()), generator=g)

@@ -273,13 +273,21 @@ def test_trains_on_fixed_batch_and_handles_an_image_without_gt(config):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_atss_model_losses_use_the_decoded_targets_and_per_image_normaliser():
-    """The model's ATSS losses equal the loss function fed by hand from the assignment."""
+def _model_losses_and_assignment(config):
+    """One training forward of ``config`` on :func:`fixed_batch` and the model's own assignment.
+
+    Returns ``(losses, a)``: the model's loss dict and a namespace with ``logits`` (N, A, 3),
+    ``deltas`` (N, A, 4), ``quality`` (N, A, 1), ``anchors`` (A, 4), ``img``/``anc`` (P,) the
+    indices of the positives, ``labels`` (N, A) (3 background, −1 ignored) and ``gt_box`` (P, 4).
+    """
+    from types import SimpleNamespace
+
     from detectron2.layers import cat
 
+    from rsloss_d2.modeling.matchers import valid_anchor_mask
     from rsloss_d2.modeling.ranking_retinanet.meta_arch import _gt_tables
 
-    model = build(dense_cfg(ATSS))
+    model = build(dense_cfg(config))
     model.train()
     batch = fixed_batch()
     images = model.preprocess_image(batch)
@@ -291,24 +299,31 @@ def test_atss_model_losses_use_the_decoded_targets_and_per_image_normaliser():
         lg, dl, ql = model._transpose_dense_predictions(preds, [3, 4, 1])
         logits, deltas, quality = cat(lg, 1), cat(dl, 1), cat(ql, 1)
         anchors = model.anchor_generator(features)
-        from rsloss_d2.modeling.matchers import valid_anchor_mask
         valid = valid_anchor_mask([a.tensor for a in anchors], model.anchor_generator.strides,
                                   images.image_sizes, model.backbone.size_divisibility,
                                   model.anchor_generator.offset)
         assigned, _ = model.assign(anchors, valid, gt, logits, deltas)
     boxes, classes = _gt_tables(gt)
-    all_anchors = torch.cat([a.tensor for a in anchors])
     img, anc = (assigned >= 0).nonzero(as_tuple=True)
     labels = torch.full(assigned.shape, 3)
     labels[img, anc] = classes[img, assigned[img, anc]]
     labels[assigned == -2] = -1
-    gt_box = boxes[img, assigned[img, anc]]
-    t = model.box2box_transform
-    pred = t.apply_deltas(deltas[img, anc], all_anchors[anc])
-    target = t.apply_deltas(t.get_deltas(all_anchors[anc], gt_box), all_anchors[anc])
-    per_image = torch.tensor([(img == i).sum() for i in range(len(batch))])
-    ref = focal_centerness_losses(logits.reshape(-1, 3), labels.reshape(-1), pred, target,
-                                  all_anchors[anc], quality[img, anc, 0], per_image)
+    return losses, SimpleNamespace(
+        model=model, logits=logits, deltas=deltas, quality=quality,
+        anchors=torch.cat([a.tensor for a in anchors]), img=img, anc=anc, labels=labels,
+        gt_box=boxes[img, assigned[img, anc]], num_images=len(batch))
+
+
+def test_atss_model_losses_use_the_decoded_targets_and_per_image_normaliser():
+    """The model's ATSS losses equal the loss function fed by hand from the assignment."""
+    losses, a = _model_losses_and_assignment(ATSS)
+    img, anc, anchors = a.img, a.anc, a.anchors
+    t = a.model.box2box_transform
+    pred = t.apply_deltas(a.deltas[img, anc], anchors[anc])
+    target = t.apply_deltas(t.get_deltas(anchors[anc], a.gt_box), anchors[anc])
+    per_image = torch.tensor([(img == i).sum() for i in range(a.num_images)])
+    ref = focal_centerness_losses(a.logits.reshape(-1, 3), a.labels.reshape(-1), pred, target,
+                                  anchors[anc], a.quality[img, anc, 0], per_image)
     assert img.numel() > 0
     for k, v in ref.losses.items():
         assert losses[k].item() == pytest.approx(v.item(), rel=1e-5), k
@@ -344,36 +359,11 @@ def test_paa_score_voting_weights_by_the_sqrt_scores():
 
 
 def test_paa_model_losses_equal_the_loss_function_on_its_assignment():
-    from detectron2.layers import cat
-
-    from rsloss_d2.modeling.matchers import valid_anchor_mask
-    from rsloss_d2.modeling.ranking_retinanet.meta_arch import _gt_tables
-
-    model = build(dense_cfg(PAA))
-    model.train()
-    batch = fixed_batch()
-    images = model.preprocess_image(batch)
-    gt = [x["instances"] for x in batch]
-    features = [model.backbone(images.tensor)[f] for f in model.head_in_features]
-    with EventStorage(0):
-        preds = model.head(features)
-        losses = model.forward_training(images, features, preds, gt)
-        lg, dl, ql = model._transpose_dense_predictions(preds, [3, 4, 1])
-        logits, deltas, quality = cat(lg, 1), cat(dl, 1), cat(ql, 1)
-        anchors = model.anchor_generator(features)
-        valid = valid_anchor_mask([a.tensor for a in anchors], model.anchor_generator.strides,
-                                  images.image_sizes, model.backbone.size_divisibility,
-                                  model.anchor_generator.offset)
-        assigned, _ = model.assign(anchors, valid, gt, logits, deltas)
-    boxes, classes = _gt_tables(gt)
-    all_anchors = torch.cat([a.tensor for a in anchors])
-    img, anc = (assigned >= 0).nonzero(as_tuple=True)
-    labels = torch.full(assigned.shape, 3)
-    labels[img, anc] = classes[img, assigned[img, anc]]
-    labels[assigned == -2] = -1
-    pred = model.box2box_transform.apply_deltas(deltas[img, anc], all_anchors[anc])
-    ref = focal_iou_pred_losses(logits.reshape(-1, 3), labels.reshape(-1), pred,
-                                boxes[img, assigned[img, anc]], quality[img, anc, 0], 2)
+    losses, a = _model_losses_and_assignment(PAA)
+    img, anc = a.img, a.anc
+    pred = a.model.box2box_transform.apply_deltas(a.deltas[img, anc], a.anchors[anc])
+    ref = focal_iou_pred_losses(a.logits.reshape(-1, 3), a.labels.reshape(-1), pred, a.gt_box,
+                                a.quality[img, anc, 0], 2)
     assert img.numel() > 0
     for k, v in ref.losses.items():
         assert losses[k].item() == pytest.approx(v.item(), rel=1e-5), k

@@ -29,7 +29,6 @@ cell × class a candidate).
 import argparse
 import copy
 import os
-import platform
 import statistics
 import threading
 import time
@@ -40,15 +39,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import build_model
 
-from rsloss_d2.engine import load_config
 from rsloss_d2.data import check_dataset_files
-
-
-def setup(config_file, opts, device):
-    cfg = load_config(config_file, opts)
-    cfg.MODEL.DEVICE = device
-    cfg.freeze()
-    return cfg
+from rsloss_d2.utils.benchmark import ab_configs, add_ab_arguments, machine_line, print_overrides
 
 
 def _rss_bytes():
@@ -151,31 +143,19 @@ def crowded_inputs(num_objects, size, copies, seed=0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config-a", default="configs/shapes/mask_rcnn_R_18_FPN_quick.yaml")
-    parser.add_argument("--config-b", default="configs/shapes/solov2_R_18_FPN_quick.yaml")
-    parser.add_argument("--weights-a", default="", help="checkpoint to load into model A")
-    parser.add_argument("--weights-b", default="", help="checkpoint to load into model B")
     parser.add_argument("--dataset", default="", help="default: config A's first test set")
     parser.add_argument("--num-images", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=3, help="untimed images per model")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--crowded", type=int, default=0,
                         help="time one generated image with this many objects instead")
     parser.add_argument("--crowded-size", type=int, nargs=2, default=[256, 256],
                         metavar=("H", "W"))
     parser.add_argument("--peak-memory", action="store_true",
                         help="also report the peak memory growth of one inference")
-    parser.add_argument("--opts-b", nargs="*", default=[],
-                        help="KEY VALUE pairs applied to config B only")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
-                        help="KEY VALUE pairs applied to both configs (last option)")
+    add_ab_arguments(parser, "configs/shapes/mask_rcnn_R_18_FPN_quick.yaml",
+                     "configs/shapes/solov2_R_18_FPN_quick.yaml")
     args = parser.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-
-    cfg_a = setup(args.config_a, args.opts, args.device)
-    cfg_b = setup(args.config_b, list(args.opts) + list(args.opts_b), args.device)
+    cfg_a, cfg_b = ab_configs(args)
     if args.crowded:
         dataset = f"one generated image, {args.crowded} objects, {tuple(args.crowded_size)}"
 
@@ -196,9 +176,7 @@ def main(argv=None):
         for runner in order:
             runner.run(i, record=step >= args.warmup)
 
-    load = tuple(round(x, 2) for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    print(f"device: {args.device} ({platform.processor() or platform.machine()}, "
-          f"torch threads {torch.get_num_threads()}, load average {load})")
+    print(machine_line(args.device))
     print(f"dataset: {dataset}, {n} images, batch 1, warm-up {args.warmup} per model, "
           f"alternating A/B")
     mem_col = " peak MiB |" if args.peak_memory else ""
@@ -213,8 +191,7 @@ def main(argv=None):
         mem = f" {r.peak / 2**20:8.1f} |" if args.peak_memory else ""
         print(f"| {name:<5} | {os.path.relpath(cfg_file):<48} | {med:8.4f} | {mean:7.4f} "
               f"| {1.0 / mean:6.2f} | {statistics.fmean(r.dets):8.1f} |{mem}")
-    if args.opts or args.opts_b:
-        print(f"overrides: both {list(args.opts)}, B only {list(args.opts_b)}")
+    print_overrides(args)
     print(f"throughput ratio B / A (images/s): {rates[1] / rates[0]:.3f}")
     return rates[1] / rates[0]
 

@@ -68,6 +68,7 @@ from rsloss_d2.losses.reference import (
     ap_loss_reference,
     rank_sort_loss_reference,
 )
+from rsloss_d2.losses.synthetic import random_ranking_inputs
 
 DEFAULT_SIZES = "100x1e4,1000x1e5,1000x1e6,5000x1e6"
 
@@ -144,14 +145,7 @@ def time_ms(fn: Callable[[], None], device: torch.device, repeats: int) -> float
 # ----------------------------------------------------------------------------- inputs
 def make_inputs(p: int, n: int, device: torch.device, seed: int = 0) -> Dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    m = p + n
-    logits = torch.randn(m, generator=g) * 1.5 - 1.0
-    pos = torch.randperm(m, generator=g)[:p]
-    logits[pos] += 2.0
-    binary = torch.zeros(m)
-    binary[pos] = 1.0
-    ious = torch.zeros(m)
-    ious[pos] = torch.rand(p, generator=g) * 0.95 + 0.05
+    logits, binary, ious = random_ranking_inputs(p, n, g)
     loc = torch.rand(p, generator=g)
     return {k: v.to(device) for k, v in
             dict(logits=logits, binary=binary, ious=ious, loc=loc).items()}

@@ -12,8 +12,6 @@ table and the speed-up.
 """
 import argparse
 import math
-import os
-import platform
 import statistics
 import time
 
@@ -21,6 +19,7 @@ import time
 import torch
 
 from rsloss_d2.layers import matrix_nms
+from rsloss_d2.utils.benchmark import machine_line
 
 
 def random_masks(n, size, num_classes, seed, device):
@@ -91,9 +90,7 @@ def main(argv=None):
     fast = matrix_nms(masks[:n_ref], labels[:n_ref], scores[:n_ref]).cpu()
     max_diff = float((fast.double() - ref.double()).abs().max())
 
-    load = tuple(round(x, 2) for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    print(f"device: {args.device} ({platform.processor() or platform.machine()}, "
-          f"torch threads {torch.get_num_threads()}, load average {load})")
+    print(machine_line(args.device))
     print(f"{args.num_masks} masks of {args.size}x{args.size}, {args.num_classes} classes, "
           f"gaussian kernel sigma 2")
     print("| implementation | masks | time s |")

@@ -19,7 +19,6 @@ import argparse
 import copy
 import itertools
 import os
-import platform
 import statistics
 import time
 
@@ -31,16 +30,8 @@ from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler, build_optimizer
 from detectron2.utils.events import EventStorage
 
-from rsloss_d2.engine import load_config
 from rsloss_d2.data import check_dataset_files
-
-
-def setup(config_file, opts, device):
-    cfg = load_config(config_file, opts)
-    cfg.MODEL.DEVICE = device
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.freeze()
-    return cfg
+from rsloss_d2.utils.benchmark import ab_configs, add_ab_arguments, machine_line, print_overrides
 
 
 class Runner:
@@ -89,27 +80,15 @@ def summary(times):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config-a", default="configs/shapes/mask_rcnn_R_18_FPN_quick.yaml")
-    parser.add_argument("--config-b", default="configs/shapes/rs_mask_rcnn_R_18_FPN_quick.yaml")
-    parser.add_argument("--weights-a", default="", help="checkpoint to load into model A")
-    parser.add_argument("--weights-b", default="", help="checkpoint to load into model B")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per model")
     parser.add_argument("--iters", type=int, default=40, help="timed steps per model")
     parser.add_argument("--num-batches", type=int, default=10,
                         help="distinct pre-loaded batches, cycled (0: one per step)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    parser.add_argument("--opts-b", nargs="*", default=[],
-                        help="KEY VALUE pairs applied to config B only")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
-                        help="KEY VALUE pairs applied to both configs (last option)")
+    add_ab_arguments(parser, "configs/shapes/mask_rcnn_R_18_FPN_quick.yaml",
+                     "configs/shapes/rs_mask_rcnn_R_18_FPN_quick.yaml")
     args = parser.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-
-    cfg_a = setup(args.config_a, args.opts, args.device)
-    cfg_b = setup(args.config_b, list(args.opts) + list(args.opts_b), args.device)
+    cfg_a, cfg_b = ab_configs(args, num_workers=0)
     check_dataset_files(list(cfg_a.DATASETS.TRAIN))
     total_steps = args.warmup + args.iters
     num_batches = args.num_batches if args.num_batches > 0 else total_steps
@@ -129,9 +108,7 @@ def main(argv=None):
 
     med_a, mean_a, p10_a, p90_a = summary(runner_a.times)
     med_b, mean_b, p10_b, p90_b = summary(runner_b.times)
-    load = tuple(round(x, 2) for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    print(f"device: {args.device} ({platform.processor() or platform.machine()}, "
-          f"torch threads {torch.get_num_threads()}, load average {load})")
+    print(machine_line(args.device))
     print(f"images per step: {cfg_a.SOLVER.IMS_PER_BATCH}; warm-up {args.warmup}, "
           f"timed {args.iters} steps per model, interleaved; {num_batches} distinct batches")
     header = (f"| {'model':<6} | {'config':<48} | {'median s':>8} | {'mean s':>7} "
@@ -144,8 +121,7 @@ def main(argv=None):
     ):
         print(f"| {name:<6} | {os.path.relpath(cfg_file):<48} | {med:8.3f} | {mean:7.3f} | "
               f"{p10:6.3f} | {p90:6.3f} |")
-    if args.opts or args.opts_b:
-        print(f"overrides: both {list(args.opts)}, B only {list(args.opts_b)}")
+    print_overrides(args)
     print(f"ratio B / A of the median step times: {med_b / med_a:.3f}")
     return med_b / med_a
 

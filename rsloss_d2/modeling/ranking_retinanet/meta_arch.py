@@ -111,6 +111,11 @@ def _all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _topk_size(n, k: int):
+    """min(n, k) that stays tied to ``n`` under tracing (``DenseDetector``'s idiom)."""
+    return torch.clamp(n, max=k) if isinstance(n, torch.Tensor) else min(n, k)
+
+
 def _gt_tables(gt_instances):
     """(N, G_max, 4) GT boxes and (N, G_max) int64 classes, zero-padded."""
     boxes, real = padded_gt_boxes([x.gt_boxes.tensor for x in gt_instances])
@@ -407,11 +412,24 @@ class RankingRetinaNet(RetinaNet):
             anchors: L ``Boxes`` (A_l, 4). box_cls: L sigmoid scores (A_l, C).
             box_delta: L deltas (A_l, 4). image_size: (h, w).
         """
+        return self._detections_single_image(anchors, box_cls, box_delta, image_size)
+
+    def _detections_single_image(self, anchors: List[Boxes], box_cls: List[torch.Tensor],
+                                 box_delta: List[torch.Tensor], image_size: Tuple[int, int],
+                                 traceable: bool = False) -> Instances:
+        """:meth:`inference_single_image`; ``traceable=True`` (export) keeps a trace valid for
+        any number of anchors and detections: the top-k size is ``min(A_l, k)`` tied to A_l, and
+        score voting runs on zero detections too (a no-op there)."""
         cand_boxes, cand_scores = [], []
         for anchors_l, scores_l, deltas_l in zip(anchors, box_cls, box_delta):
             anchors_l = anchors_l.tensor
-            if 0 < self.test_topk_candidates < scores_l.shape[0]:
-                top = scores_l.max(dim=1).values.topk(self.test_topk_candidates).indices
+            k = self.test_topk_candidates
+            if traceable:
+                take, k = k > 0, _topk_size(scores_l.shape[0], k)
+            else:
+                take = 0 < k < scores_l.shape[0]
+            if take:
+                top = scores_l.max(dim=1).values.topk(k).indices
                 scores_l, deltas_l, anchors_l = scores_l[top], deltas_l[top], anchors_l[top]
             cand_boxes.append(self.box2box_transform.apply_deltas(deltas_l, anchors_l))
             cand_scores.append(scores_l)
@@ -424,8 +442,9 @@ class RankingRetinaNet(RetinaNet):
         keep = keep[: self.max_detections_per_image]
         det_boxes, det_scores, cls = det_boxes[keep], det_scores[keep], cls[keep]
         # no detection, no voting: the standard PAA head's score voting concatenates an empty
-        # list there and raises (RS-PAA's head guards it, as here)
-        if self.score_voting and len(keep) > 0:
+        # list there and raises (RS-PAA's head guards it, as here). A plain RetinaNet exported
+        # through this method has no score voting.
+        if getattr(self, "score_voting", False) and (traceable or len(keep) > 0):
             det_boxes = score_voting(det_boxes, cls, boxes.tensor, scores,
                                      score_thr=self.test_score_thresh,
                                      sigma=self.score_voting_sigma)

@@ -3,7 +3,6 @@ Detectron2's COCO evaluator + oLRP): SOLOv2 in the default suite, RS-SOLOv2 mark
 time budget); in the default suite RS-SOLOv2 and vanilla SOLO fit a fixed batch instead."""
 import os
 
-import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -47,16 +46,6 @@ RUNS = {
 _RUNS_DONE = {}
 
 
-@pytest.fixture(scope="module")
-def solo_root(tmp_path_factory):
-    from rsloss_d2.data.synthetic import generate_all
-
-    root = str(tmp_path_factory.mktemp("solo_datasets"))
-    generate_all(root, num_train=16, num_val=4, image_size=128, seed=0, progress=False,
-                 which=("shapes",))
-    return root
-
-
 def train_and_check(name, root, tmp_path_factory):
     iters, extra, floor = RUNS[name]
     out = str(tmp_path_factory.mktemp(name))
@@ -78,16 +67,16 @@ def train_and_check(name, root, tmp_path_factory):
         assert train[-1]["loss_ins"] < train[0]["loss_ins"]
 
 
-def test_solov2_short_training_evaluates_above_floor(solo_root, tmp_path_factory):
-    train_and_check("solov2", solo_root, tmp_path_factory)
+def test_solov2_short_training_evaluates_above_floor(tiny_shapes, tmp_path_factory):
+    train_and_check("solov2", tiny_shapes, tmp_path_factory)
 
 
-def test_rs_solov2_short_training_evaluates_above_floor(solo_root, tmp_path_factory):
-    train_and_check("rs_solov2", solo_root, tmp_path_factory)
+def test_rs_solov2_short_training_evaluates_above_floor(tiny_shapes, tmp_path_factory):
+    train_and_check("rs_solov2", tiny_shapes, tmp_path_factory)
 
 
-def test_vanilla_solo_short_training_evaluates_above_floor(solo_root, tmp_path_factory):
-    train_and_check("solo", solo_root, tmp_path_factory)
+def test_vanilla_solo_short_training_evaluates_above_floor(tiny_shapes, tmp_path_factory):
+    train_and_check("solo", tiny_shapes, tmp_path_factory)
 
 
 def fit_fixed_batch(config, steps):
