@@ -143,7 +143,7 @@ class RSRPN(RPN):
         cls_labels = torch.where(labels < 0, labels, cls_labels).reshape(-1)
         # foreground rows of the flat (N·R,) vector, ascending (the order of a boolean mask):
         # one nonzero (a data-dependent size, one host sync), then index_select for the three
-        # tensors (was three boolean-mask indexings, one sync each)
+        # tensors (a boolean-mask indexing of each would sync once per tensor)
         pos_idx = pos.reshape(-1).nonzero().squeeze(1)
         pos_anchors = anchors_t.index_select(0, pos_idx % anchors_t.shape[0])
         pos_pred = self.box2box_transform.apply_deltas(
