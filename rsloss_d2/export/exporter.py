@@ -36,7 +36,8 @@ METHODS = ("tracing", "scripting")
 _NOT_SCRIPTABLE = {
     "dense": "RankingRetinaNet's inference (Instances and Boxes built in Python)",
     "yolact": "YOLACT's inference (per-image Python loop and anchor cache)",
-    "solov2": "SOLOv2's inference (closures building the masks of the selected cells)",
+    "solov2": ("SOLOv2's inference (SOLO, Decoupled SOLO, SOLOv2: closures building the masks "
+               "of the selected cells)"),
 }
 
 
@@ -67,13 +68,6 @@ def check_exportable(model, fmt: str, method: str) -> None:
     if model.training:
         raise ExportError("the model is in training mode: call model.eval() before exporting")
     family = family_of(model)
-    if family == "solov2" and model.ins_head.head_type != "dynamic":
-        raise ExportError(f"SOLOv2 with MODEL.SOLOV2.INSTANCE_HEAD_TYPE "
-                          f"{model.ins_head.head_type!r} (SOLO / Decoupled SOLO) cannot be "
-                          "exported: its masks are picked by a Python loop over the levels that "
-                          "skips empty ones, which neither tracing nor scripting follows; only "
-                          "the 'dynamic' head (SOLOv2, RS-SOLOv2) exports, with --export-method "
-                          "tracing")
     if method == "scripting" and family in _NOT_SCRIPTABLE:
         raise ExportError(f"{type(model).__name__} cannot be exported with --export-method "
                           f"scripting: {_NOT_SCRIPTABLE[family]} is not TorchScript-compilable; "

@@ -16,8 +16,12 @@ _SMALL = ["INPUT.MIN_SIZE_TRAIN", "(112,)", "INPUT.MAX_SIZE_TRAIN", "160",
 _COMMON = ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "SEED", "0",
            "MODEL.BACKBONE.FREEZE_AT", "5"]
 
-# one config per family (the ranking-loss variant), small images, thresholds low enough that a
-# briefly trained model has detections for NMS / Matrix NMS / Fast NMS to work on
+_SOLO_TEST = ["MODEL.SOLOV2.SCORE_THR", "0.02", "MODEL.SOLOV2.UPDATE_THR", "0.01",
+              "MODEL.SOLOV2.PRIOR_PROB", "0.5", "MODEL.SOLOV2.MAX_PER_IMG", "20"]
+
+# one config per family (the ranking-loss variant; and SOLO / Decoupled SOLO, the SOLOv2
+# meta-architecture's other heads), small images, thresholds low enough that a briefly trained
+# model has detections for NMS / Matrix NMS / Fast NMS to work on
 FAMILY_CONFIGS = {
     "rs_mask_rcnn": ("shapes/rs_mask_rcnn_R_18_FPN_quick.yaml", _SMALL + [
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.01", "MODEL.RPN.POST_NMS_TOPK_TEST", "100"]),
@@ -31,6 +35,13 @@ FAMILY_CONFIGS = {
         "MODEL.YOLACT.INPUT_SIZE", "112", "MODEL.YOLACT.SCORE_THRESH_TEST", "0.02"]),
     "rs_solov2": ("shapes/rs_solov2_R_18_FPN_quick.yaml", _SMALL + [
         "MODEL.SOLOV2.SCORE_THR", "0.02", "MODEL.SOLOV2.UPDATE_THR", "0.01"]),
+    # prior 0.5 (output biases 0): with the default 0.01 the mask logits start at σ = 0.01 and
+    # after TRAIN_ITERS steps no mask reaches MASK_THR 0.5, so there would be no detection. 20
+    # detections: the top of the score list, where no two scores are within ONNX Runtime's
+    # rounding (the 100 best include near-ties, whose order may swap)
+    "solo": ("shapes/solo_R_18_FPN_quick.yaml", _SMALL + _SOLO_TEST),
+    "decoupled_solo": ("shapes/solo_R_18_FPN_quick.yaml", _SMALL + _SOLO_TEST + [
+        "MODEL.SOLOV2.INSTANCE_HEAD_TYPE", "decoupled"]),
 }
 TRAIN_ITERS = 12
 

@@ -20,7 +20,9 @@ def datasets_root(shapes_root):
 @pytest.mark.parametrize("family,part", [("rs_mask_rcnn", "RSStandardROIHeads"),
                                          ("rs_paa", "RankingRetinaNet's inference"),
                                          ("rs_yolact", "YOLACT's inference"),
-                                         ("rs_solov2", "SOLOv2's inference")])
+                                         ("rs_solov2", "SOLOv2's inference"),
+                                         ("solo", "SOLOv2's inference"),
+                                         ("decoupled_solo", "SOLOv2's inference")])
 def test_scripting_unsupported_names_part_and_tracing(family, part, datasets_root, tmp_path):
     from rsloss_d2.export import ExportError, export_model
 

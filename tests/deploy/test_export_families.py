@@ -33,12 +33,36 @@ def datasets_root(shapes_root):
     register_shapes_datasets()
 
 
+def _close(a, b):
+    return torch.allclose(a.float(), b.float(), rtol=TOL, atol=TOL)
+
+
+def _eager_order(names, eager, exported):
+    """For each eager detection, the exported one with its class, score and box (within TOL),
+    the first unmatched in output order: two detections whose scores differ by less than the
+    runtimes' rounding (~1e-7) may come out of the sort in either order."""
+    scores, boxes, classes = (names.index(k) for k in ("scores", "boxes", "classes"))
+    exp = [torch.as_tensor(np.asarray(x)) for x in exported]
+    order, used = [], set()
+    for i in range(eager[0].shape[0]):
+        match = next((j for j in range(exp[0].shape[0]) if j not in used
+                      and int(exp[classes][j]) == int(eager[classes][i])
+                      and _close(exp[scores][j], eager[scores][i])
+                      and _close(exp[boxes][j], eager[boxes][i])), None)
+        if match is None:  # no counterpart: compare in output order (the check below fails)
+            return list(range(exp[0].shape[0]))
+        order.append(match)
+        used.add(match)
+    return order
+
+
 def assert_same(names, eager, exported, where):
     n = eager[0].shape[0]
     assert n > 0, f"{where}: the eager model has no detection (the test needs some)"
     assert exported[0].shape[0] == n, f"{where}: {exported[0].shape[0]} detections, eager {n}"
+    order = torch.as_tensor(_eager_order(names, eager, exported), dtype=torch.long)
     for name, a, b in zip(names, eager, exported):
-        b = torch.as_tensor(np.asarray(b))
+        b = torch.as_tensor(np.asarray(b))[order]
         assert a.shape == b.shape, (where, name, a.shape, b.shape)
         if name == "masks":
             iou = mask_iou(a, b)
@@ -102,3 +126,42 @@ def _write_image(cfg, image, path):
     if cfg.INPUT.FORMAT == "BGR":
         pixels = pixels[:, :, ::-1]
     Image.fromarray(np.ascontiguousarray(pixels)).save(path)
+
+
+@pytest.mark.parametrize("family", ["solo", "decoupled_solo"])
+def test_solo_level_without_candidates(family, datasets_root, tmp_path):
+    """SOLO / Decoupled SOLO with a score threshold at the trace sample's weakest level maximum:
+    that level has no candidate in the trace, and its empty tensors flow through the exported
+    graphs (exported equals eager, also on images with other empty levels)."""
+    import dataclasses
+
+    from rsloss_d2.export import eager_outputs, export_model, output_names
+    from rsloss_d2.export.runtime import ExportedPredictor
+    from rsloss_d2.modeling.solov2.inference import point_nms
+    from rsloss_d2.modeling.solov2.instance_head import split_level_features
+
+    cfg, model = trained_model(family, datasets_root)
+    sample = trace_sample(cfg)
+    with torch.no_grad():
+        images = model.preprocess_image([{"image": sample}])
+        features = model.backbone(images.tensor)
+        levels = split_level_features([features[f] for f in model.instance_in_features])
+        level_max = [float(point_nms(x.sigmoid()).max()) for x in model.ins_head(levels)[0]]
+    old = model.test_cfg
+    model.test_cfg = dataclasses.replace(old, score_thr=min(level_max))
+    try:
+        paths = {fmt: export_model(model, sample, str(tmp_path / fmt), fmt)
+                 for fmt in ("torchscript", "onnx")}
+        predictors = {fmt: ExportedPredictor(p) for fmt, p in paths.items()}
+        compared = 0
+        for i, image in enumerate(val_images(cfg)):
+            eager = eager_outputs(model, image)
+            for fmt, predictor in predictors.items():
+                out = predictor(image)
+                assert out[0].shape[0] == eager[0].shape[0], (fmt, i)
+                if eager[0].shape[0]:
+                    assert_same(output_names(model), eager, out, f"{family} {fmt} image {i}")
+                    compared += 1
+        assert compared > 0
+    finally:
+        model.test_cfg = old
