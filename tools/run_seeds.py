@@ -217,6 +217,12 @@ def metric_values(runs, metric):
             and not (isinstance(r[metric], float) and math.isnan(r[metric]))]
 
 
+def decimals(metric):
+    """Digits after the point: 1 for percentages (AP, oLRP), 3 for values in [-1, 1]
+    (the ranking-quality correlations and IoUs)."""
+    return 3 if metric.split("/")[-1].startswith(("spearman", "top10_iou", "mean_iou")) else 1
+
+
 def table(results, metrics):
     """results: {config name: [metrics dict per seed, None for a failed run]} -> markdown lines."""
     lines = ["| config | seeds | " + " | ".join(metrics) + " |",
@@ -230,8 +236,9 @@ def table(results, metrics):
                 cells.append("failed" if runs and not done else "–")
                 continue
             spread = (max(vals) - min(vals)) / 2
-            cells.append(f"{statistics.mean(vals):.1f} ± {spread:.1f} "
-                         f"({', '.join(f'{v:.1f}' for v in vals)})")
+            d = decimals(m)
+            cells.append(f"{statistics.mean(vals):.{d}f} ± {spread:.{d}f} "
+                         f"({', '.join(f'{v:.{d}f}' for v in vals)})")
         lines.append(f"| {name} | {len(done)} | " + " | ".join(cells) + " |")
     return lines
 

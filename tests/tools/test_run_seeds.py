@@ -326,3 +326,11 @@ def test_real_sweep_two_configs_two_seeds(shapes_root, tmp_path, monkeypatch):
     assert [line for line in again if line.startswith("| ")] == \
         [line for line in section if line.startswith("| ")]
     assert results.read_text().count("## test claim") == 1
+
+
+def test_ranking_quality_cells_keep_three_decimals():
+    tool = _tool()
+    runs = {"a": [{"bbox/AP": 33.94, "bbox/spearman": 0.4631},
+                  {"bbox/AP": 35.0, "bbox/spearman": 0.4312}]}
+    row = tool.table(runs, ["bbox/AP", "bbox/spearman"])[2]
+    assert row == "| a | 2 | 34.5 ± 0.5 (33.9, 35.0) | 0.447 ± 0.016 (0.463, 0.431) |"
