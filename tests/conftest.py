@@ -33,6 +33,19 @@ def _loggers_propagate():
         logging.getLogger(name).propagate = True
 
 
+def load_tool(name):
+    """A script of tools/ (or of its benchmarks/ / diagnostics/ / deploy/ folders) as a module."""
+    import importlib.util
+
+    path = next(p for p in (os.path.join(REPO, "tools", d, name + ".py")
+                            for d in ("", "benchmarks", "diagnostics", "deploy"))
+                if os.path.isfile(p))
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def run_train_net(args, datasets_root, timeout=1800, check=True):
     """Run tools/train_net.py in a subprocess; returns the CompletedProcess (stdout+stderr)."""
     env = dict(os.environ, DETECTRON2_DATASETS=datasets_root, PYTHONUNBUFFERED="1")

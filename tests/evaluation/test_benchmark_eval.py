@@ -1,16 +1,10 @@
 """tools/benchmarks/benchmark_eval.py runs end to end on small sets and agrees with pycocotools,
 faster-coco-eval and lvis-api."""
-import importlib.util
-import os
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import load_tool
 
 
 def test_benchmark_eval_small(capsys):
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_eval", os.path.join(REPO, "tools", "benchmarks", "benchmark_eval.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_tool("benchmark_eval")
     mod.main(["--images", "30", "--classes", "4", "--dets", "20", "--check", "--repeat", "1",
               "--lvis-images", "15", "--lvis-classes", "20", "--lvis-dets", "30"])
     out = capsys.readouterr().out

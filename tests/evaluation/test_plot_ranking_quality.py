@@ -1,25 +1,18 @@
 """tools/plot_ranking_quality.py: two runs' inference folders -> one PNG, with the numbers of
 ranking_quality on each run's results."""
-import importlib.util
 import json
-import os
 
 import matplotlib.image
 import numpy as np
 import pytest
 
+from conftest import load_tool
 from rsloss_d2.evaluation import ranking_quality
 from rsloss_d2.evaluation.synthetic import make_synthetic_coco
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "plot_ranking_quality", os.path.join(REPO, "tools", "plot_ranking_quality.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("plot_ranking_quality")
 
 
 def test_two_runs_side_by_side(tmp_path, capsys):

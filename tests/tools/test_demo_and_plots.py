@@ -6,19 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import QUICK_CONFIG, REPO
-
-
-def _load_tool(name):
-    """A script of tools/ (or of its benchmarks/ / diagnostics/ folders) as a module."""
-    import importlib.util
-
-    path = next(p for p in (os.path.join(REPO, "tools", d, name + ".py")
-                            for d in ("", "benchmarks", "diagnostics")) if os.path.isfile(p))
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import QUICK_CONFIG, REPO, load_tool
 
 
 def _val_images(quick_run):
@@ -31,7 +19,7 @@ def _val_images(quick_run):
 
 
 def test_demo_writes_drawn_pngs_matching_eval_predictions(quick_run, tmp_path):
-    demo = _load_tool("demo")
+    demo = load_tool("demo")
     foreign = quick_run["foreign"]
     val = _val_images(quick_run)
     weights = os.path.join(quick_run["output_dir"], "model_final.pth")
@@ -70,7 +58,7 @@ def test_demo_writes_drawn_pngs_matching_eval_predictions(quick_run, tmp_path):
 
 
 def test_plot_metrics_writes_pngs(quick_run, tmp_path):
-    plot = _load_tool("plot_metrics")
+    plot = load_tool("plot_metrics")
     paths = plot.plot_metrics(os.path.join(quick_run["output_dir"], "metrics.json"), str(tmp_path))
     names = sorted(os.path.basename(p) for p in paths)
     assert names == ["eval.png", "losses.png", "lr.png"]
@@ -80,7 +68,7 @@ def test_plot_metrics_writes_pngs(quick_run, tmp_path):
 
 
 def test_plot_metrics_rejects_empty_file(tmp_path):
-    plot = _load_tool("plot_metrics")
+    plot = load_tool("plot_metrics")
     p = tmp_path / "metrics.json"
     p.write_text("")
     with pytest.raises(ValueError, match="no metrics"):
@@ -93,7 +81,7 @@ def test_demo_with_lrp_optimal_class_thresholds(quick_run, tmp_path):
 
     from rsloss_d2.evaluation import load_class_thresholds
 
-    demo = _load_tool("demo")
+    demo = load_tool("demo")
     (thr_json,) = glob.glob(os.path.join(quick_run["output_dir"], "inference", "**",
                                          "lrp_optimal_thresholds.json"), recursive=True)
     thresholds = load_class_thresholds(thr_json)
@@ -130,7 +118,7 @@ def test_demo_names_skips_and_counts(tmp_path, capsys):
     extensions are listed. A from-scratch model: only the file handling is under test."""
     from PIL import Image
 
-    demo = _load_tool("demo")
+    demo = load_tool("demo")
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()

@@ -2,12 +2,12 @@
 head's regression (appended GT boxes left out)."""
 import torch
 
-from test_demo_and_plots import _load_tool
+from conftest import load_tool
 
 
 def test_regression_gain_of_known_deltas(shapes_root, tmp_path, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", shapes_root)
-    tool = _load_tool("measure_box_regression")
+    tool = load_tool("measure_box_regression")
     from rsloss_d2 import engine as train_net
     from detectron2.checkpoint import DetectionCheckpointer
     from rsloss_d2.modeling.box_losses import aligned_iou
@@ -44,7 +44,7 @@ def test_fixed_batch_fit_traces(shapes_root, tmp_path, monkeypatch):
     """--fit: each loss variant starts from the same boxes; the λ·L_box-only variant changes the
     boxes, and the traced λ is the RS head's (L_rank + L_sort) / L_box."""
     monkeypatch.setenv("DETECTRON2_DATASETS", shapes_root)
-    tool = _load_tool("measure_box_regression")
+    tool = load_tool("measure_box_regression")
     from rsloss_d2 import engine as train_net
     from detectron2.checkpoint import DetectionCheckpointer
 
@@ -69,7 +69,7 @@ def test_positive_feature_stats_count_active_and_dead_units(shapes_root, monkeyp
     """The box head's last FC set by hand: units with bias > 0 and zero weights are active on
     every positive, units with bias < 0 never; norm = sqrt(sum of the active biases²)."""
     monkeypatch.setenv("DETECTRON2_DATASETS", shapes_root)
-    tool = _load_tool("measure_box_regression")
+    tool = load_tool("measure_box_regression")
     from rsloss_d2 import engine as train_net
     from detectron2.data import build_detection_train_loader
     from detectron2.utils.env import seed_all_rng

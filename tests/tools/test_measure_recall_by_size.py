@@ -5,13 +5,13 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.structures import Boxes, ImageList, Instances
 
-from test_demo_and_plots import _load_tool
+from conftest import load_tool
 
 CONFIG = "configs/shapes/rs_faster_rcnn_R_18_FPN_quick.yaml"
 
 
 def test_summarize_hand_made_objects():
-    tool = _load_tool("measure_recall_by_size")
+    tool = load_tool("measure_recall_by_size")
     gt = torch.tensor([[0.0, 0.0, 10.0, 10.0],       # small (area 100)
                        [0.0, 0.0, 20.0, 20.0],       # small (400)
                        [0.0, 0.0, 50.0, 50.0],       # medium (2500)
@@ -78,7 +78,7 @@ def test_collect_compares_in_original_pixels(shapes_root, monkeypatch):
     """The test loader resizes the 256 px images to 192 px: proposals placed exactly on the
     resized GT boxes must come back at IoU 1, the narrowed detections at 0.6."""
     monkeypatch.setenv("DETECTRON2_DATASETS", shapes_root)
-    tool = _load_tool("measure_recall_by_size")
+    tool = load_tool("measure_recall_by_size")
     from rsloss_d2 import engine as train_net
 
     cfg = train_net.build_cfg(train_net.argument_parser().parse_args(

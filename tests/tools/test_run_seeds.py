@@ -2,7 +2,6 @@
 mean ± half-range table, row names of configs with overrides, the verdict rule, the grid choice,
 the claim sections of the results file, parallel runs with their logs and failures, and one real
 sweep of two tiny trainings."""
-import importlib.util
 import json
 import os
 import re
@@ -11,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import load_tool
 
 RETINANET = os.path.join("configs", "shapes", "retinanet_R_18_FPN_quick.yaml")
 # a training of 2 iterations at 64 px evaluated on the 16 validation images; score threshold 0 so
@@ -40,11 +39,7 @@ with open(os.path.join(args["OUTPUT_DIR"], "metrics.json"), "a") as f:
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "run_seeds", os.path.join(REPO, "tools", "run_seeds.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("run_seeds")
 
 
 def _no_training(tool, monkeypatch):

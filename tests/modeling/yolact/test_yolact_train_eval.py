@@ -2,7 +2,6 @@
 generated `shapes` sets (one module fixture), evaluated by Detectron2's COCO evaluator with oLRP:
 box and mask AP above floors measured for this schedule; `tools/demo.py`'s predictor gives
 exactly the masks that evaluation wrote."""
-import importlib.util
 import json
 import math
 import os
@@ -12,7 +11,7 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 
-from conftest import parse_copypaste, read_metrics, run_train_net
+from conftest import load_tool, parse_copypaste, read_metrics, run_train_net
 
 from _yolact_helpers import REPO, SHAPES
 
@@ -89,10 +88,7 @@ def test_short_training_evaluates_above_floor(yolact_runs, loss):
 
 
 def _load_demo():
-    spec = importlib.util.spec_from_file_location("demo", os.path.join(REPO, "tools", "demo.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("demo")
 
 
 def test_demo_predictor_gives_the_evaluated_masks(yolact_runs, tmp_path, monkeypatch):
