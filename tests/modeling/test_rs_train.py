@@ -85,6 +85,7 @@ def test_inference_sigmoid_scores_and_threshold():
 def _yamls():
     return sorted(glob.glob(os.path.join(REPO, "configs", "shapes", "rs_*rcnn*.yaml"))
                   + glob.glob(os.path.join(REPO, "configs", "shapes", "faster_rcnn_*.yaml"))
+                  + glob.glob(os.path.join(REPO, "configs", "shapes", "cascade_rcnn_*.yaml"))
                   + glob.glob(os.path.join(REPO, "configs", "shapes_lt", "*.yaml")))
 
 
@@ -103,6 +104,12 @@ def test_config_loads_and_builds(path):
         assert tuple(model.proposal_generator.box2box_transform.weights) == (10, 10, 5, 5)
         if cfg.MODEL.MASK_ON:
             assert isinstance(model.roi_heads.mask_head, RSMaskRCNNConvUpsampleHead)
+    if name.startswith("cascade_"):
+        from detectron2.modeling.roi_heads import CascadeROIHeads
+
+        assert type(model.roi_heads) is CascadeROIHeads
+        weights = [tuple(p.box2box_transform.weights) for p in model.roi_heads.box_predictor]
+        assert weights == [(10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15)]
     if "shapes_lt" in path:
         assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 36
         assert cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
