@@ -9,6 +9,8 @@ setup(
     version="0.1.0",
     description="Rank & Sort, aLRP, AP losses and oLRP evaluation for Detectron2",
     packages=find_packages(include=["rsloss_d2", "rsloss_d2.*"]),
+    # the C source of the ranking losses' CPU path, compiled on first use
+    package_data={"rsloss_d2.losses": ["csrc/*.c"]},
     python_requires=">=3.11",
     install_requires=[
         "numpy>=1.24",

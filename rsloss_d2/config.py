@@ -88,6 +88,11 @@ def add_rsloss_config(cfg):
     _C.MODEL.RANK_LOSS.ALRP_DELTA = 1.0
     # delta of the smoothed step of AP Loss (official 1.0).
     _C.MODEL.RANK_LOSS.AP_DELTA = 1.0
+    # Path of the three losses (rsloss_d2.losses.compiled): "auto" = one compiled C call for CPU
+    # tensors (built with the system C compiler on first use), the PyTorch path otherwise or
+    # when no compiler is found; "eager" = the PyTorch path everywhere; "compiled" = as "auto",
+    # but an error before training if the C library cannot be built. Same values and gradients.
+    _C.MODEL.RANK_LOSS.IMPLEMENTATION = "auto"
 
     # ---------------------------------------------------------------- RS R-CNN heads
     _C.MODEL.RS_RPN = CN()

@@ -20,6 +20,7 @@ import zipfile
 
 from detectron2.engine import DefaultTrainer
 
+from ..losses import compiled
 from ..modeling.ranking_retinanet import LOSSES as RANKING_RETINANET_LOSSES
 from ..modeling.roi_heads.activation_fast_rcnn import LOSSES as GOL_LOSSES
 from ..modeling.solov2 import LOSSES as SOLOV2_LOSSES
@@ -36,6 +37,7 @@ __all__ = [
     "ConfigError",
     "check_batch_size",
     "check_loss_names",
+    "check_rank_loss_implementation",
     "check_option_order",
     "check_output_dir",
     "check_weights_file",
@@ -102,6 +104,18 @@ def check_loss_names(cfg):
         if value not in names:
             raise ConfigError(f"{key} is {value!r}, which is not a loss of this family; "
                               f"choose one of {', '.join(repr(n) for n in names)}")
+
+
+def check_rank_loss_implementation(cfg):
+    """ConfigError unless MODEL.RANK_LOSS.IMPLEMENTATION is a path name, and for "compiled"
+    unless the C library builds here (a training would otherwise stop at its first loss)."""
+    value = cfg.MODEL.RANK_LOSS.IMPLEMENTATION
+    if value not in compiled.IMPLEMENTATIONS:
+        raise ConfigError(f"MODEL.RANK_LOSS.IMPLEMENTATION is {value!r}; choose one of "
+                          f"{', '.join(repr(n) for n in compiled.IMPLEMENTATIONS)}")
+    if value == "compiled" and compiled.library() is None:
+        raise ConfigError(f"MODEL.RANK_LOSS.IMPLEMENTATION 'compiled': the C library cannot be "
+                          f"built ({compiled.get_error()}); use 'auto' or 'eager'")
 
 
 def check_batch_size(cfg, world_size):

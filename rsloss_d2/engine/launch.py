@@ -25,6 +25,7 @@ from ..config import add_rsloss_config
 from ..data import DatasetFileError, check_dataset_files
 from ..data.config_checks import ConfigDataError, check_config_against_data
 from ..data.user_datasets import DatasetFormatError, register_from_args
+from ..losses.compiled import set_implementation
 from .checkpoint import (
     CheckedCheckpointer,
     CheckpointError,
@@ -36,6 +37,7 @@ from .checks import (
     check_batch_size,
     check_loss_names,
     check_option_order,
+    check_rank_loss_implementation,
     check_output_dir,
     check_weights_file,
     config_value_error,
@@ -151,6 +153,7 @@ def check_before_launch(args):
     cfg = build_cfg(args)
     world_size = args.num_gpus * args.num_machines
     check_loss_names(cfg)
+    check_rank_loss_implementation(cfg)
     check_weights_file(cfg, args.eval_only, args.resume)
     if not args.eval_only:
         check_batch_size(cfg, world_size)
@@ -175,6 +178,7 @@ def setup(args):
     register_datasets(args)
     cfg = build_cfg(args)
     default_setup(cfg, args)
+    set_implementation(cfg.MODEL.RANK_LOSS.IMPLEMENTATION)  # per process, like CUDNN_BENCHMARK
     # default_setup configures the "detectron2" and "fvcore" loggers only; rsloss_d2's modules
     # log under "rsloss_d2.*" (self-balance period, tail classes, ...): same console and log.txt
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="rsloss_d2")

@@ -14,6 +14,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import nn
 
+from . import compiled
 from ._step_sums import NegativeStepSums, find_positives, no_autocast, prepare_inputs
 
 __all__ = ["alrp_loss", "ALRPFunction", "ALRPSelfBalance"]
@@ -50,6 +51,14 @@ class ALRPFunction(torch.autograd.Function):
 
 def _alrp_forward(s: torch.Tensor, t: torch.Tensor, loc: torch.Tensor, delta: float,
                   num_positives: Optional[int]):
+    lib = compiled.library_for(s)
+    if lib is not None:
+        out = compiled.alrp(lib, s, t, loc, delta, _ALRP_EPS)
+        if out is not None:
+            return out
+        if num_positives is None:
+            raise FloatingPointError("alrp_loss: the logits contain NaN or Inf")
+        # a known count reads nothing back: the eager path below turns them into a NaN loss
     neg = t == 0
     pos_idx, guard = find_positives("alrp_loss", s, t == 1, num_positives)
     num_fg = pos_idx.numel()

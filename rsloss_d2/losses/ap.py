@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from . import compiled
 from ._step_sums import NegativeStepSums, find_positives, no_autocast, prepare_inputs
 
 __all__ = ["ap_loss", "APLossFunction"]
@@ -38,6 +39,14 @@ class APLossFunction(torch.autograd.Function):
 
 
 def _ap_forward(s: torch.Tensor, t: torch.Tensor, delta: float, num_positives: Optional[int]):
+    lib = compiled.library_for(s)
+    if lib is not None:
+        out = compiled.ap(lib, s, t, delta)
+        if out is not None:
+            return out
+        if num_positives is None:
+            raise FloatingPointError("ap_loss: the logits contain NaN or Inf")
+        # a known count reads nothing back: the eager path below turns them into a NaN loss
     neg = t == 0
     pos_idx, guard = find_positives("ap_loss", s, t == 1, num_positives)
     num_fg = pos_idx.numel()

@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from . import compiled
 from ._step_sums import (
     NegativeStepSums,
     StepBins,
@@ -113,6 +114,14 @@ class RankSortFunction(torch.autograd.Function):
 
 def _rank_sort_forward(s: torch.Tensor, t: torch.Tensor, delta: float,
                        num_positives: Optional[int]):
+    lib = compiled.library_for(s)
+    if lib is not None:
+        out = compiled.rank_sort(lib, s, t, delta, _RS_EPS)
+        if out is not None:
+            return out
+        if num_positives is None:
+            raise FloatingPointError("rank_sort_loss: the logits contain NaN or Inf")
+        # a known count reads nothing back: the eager path below turns them into NaN losses
     neg = t == 0
     pos_idx, guard = find_positives("rank_sort_loss", s, t > 0, num_positives)
     num_fg = pos_idx.numel()

@@ -14,6 +14,10 @@ from _ranking_cases import (
 )
 
 
+# every test on both paths of the loss (conftest.py): the PyTorch one and the compiled C one
+LOSS_PATHS = ("eager", "compiled")
+
+
 def _loc_errors(targets, seed):
     num_pos = int((targets == 1).sum())
     g = torch.Generator().manual_seed(1000 + seed)

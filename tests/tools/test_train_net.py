@@ -252,3 +252,17 @@ def test_two_machines_on_one_host(shapes_root, tmp_path):
     assert "World size: 2" in logs[0]
     assert read_metrics(str(tmp_path / "out"))[-1]["iteration"] == 2
     assert os.path.isfile(tmp_path / "out" / "model_final.pth")
+
+
+def test_setup_selects_the_ranking_loss_path(tmp_path):
+    """MODEL.RANK_LOSS.IMPLEMENTATION reaches the losses of the process that trains."""
+    from rsloss_d2.losses import compiled
+
+    train_net, args = _setup_args(["MODEL.RANK_LOSS.IMPLEMENTATION", "eager",
+                                   "DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
+                                   "OUTPUT_DIR", str(tmp_path)])
+    try:
+        train_net.setup(args)
+        assert compiled.get_implementation() == "eager"
+    finally:
+        compiled.set_implementation("auto")

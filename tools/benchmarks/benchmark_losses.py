@@ -5,7 +5,11 @@ Prints ONE table, every cell measured in this run, side by side:
 
 * ``loop``  — the official algorithm (a Python loop over the positives comparing each with every
   relevant negative, :mod:`rsloss_d2.losses.reference`), in float32;
-* ``ours``  — :func:`rsloss_d2.losses.rank_sort_loss` / ``alrp_loss`` / ``ap_loss``;
+* ``ours``  — :func:`rsloss_d2.losses.rank_sort_loss` / ``alrp_loss`` / ``ap_loss`` as a
+  training calls them: on the CPU their compiled path (:mod:`rsloss_d2.losses.compiled`, one C
+  call), on a GPU the PyTorch path;
+* ``eager`` — the same losses forced onto their PyTorch path (``MODEL.RANK_LOSS.IMPLEMENTATION
+  eager``; on a GPU the two columns are the same path);
 * ``focal`` — ``torchvision.ops.sigmoid_focal_loss`` (sum / |P|) on the same logits: one
   elementwise pass, the floor for any classification loss.
 
@@ -30,12 +34,15 @@ hold, measured in a separate, untimed run:
 The loop's memory is measured over its first 20 iterations: its temporaries do not grow with
 the number of iterations.
 
+The compiled library is built once at the start in a fresh folder, and the time that took (the
+first call's extra cost on a machine that has not built it yet) is printed above the table.
+
 ``ops`` / ``reads``: operations one forward + backward of ``ours`` dispatches (top-level ATen
 operations of torch.profiler on the CPU, views and metadata not counted) and its host reads
 (``item``, data-dependent sizes such as ``nonzero``), :mod:`rsloss_d2.losses.op_count`; counted on
-the CPU, with the binning of the row's device (on the CPU, inputs of
-``rsloss_d2.losses._step_sums.GRID_MIN_POINTS`` logits or more use the grid); ``GPU ops`` /
-``GPU reads``: the same with the searchsorted binning a GPU runs. ``focal ops``: the count for
+the CPU, with the path of the row's device; ``eager ops``: the PyTorch path on the CPU (inputs
+of ``rsloss_d2.losses._step_sums.GRID_MIN_POINTS`` logits or more use the grid); ``GPU ops`` /
+``GPU reads``: the PyTorch path with the searchsorted binning a GPU runs. ``focal ops``: the count for
 the focal loss.
 
 The machine may be shared: times are noisy, the ratios measured side by side less so.
@@ -52,7 +59,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
+import os
+import tempfile
 import statistics
 import time
 from typing import Callable, Dict, List, Optional, Tuple
@@ -61,7 +71,7 @@ import torch
 from torchvision.ops import sigmoid_focal_loss
 
 import rsloss_d2.losses._step_sums as step_sums
-from rsloss_d2.losses import alrp_loss, ap_loss, rank_sort_loss
+from rsloss_d2.losses import alrp_loss, ap_loss, compiled, rank_sort_loss
 from rsloss_d2.losses.op_count import count_host_reads, count_ops
 from rsloss_d2.losses.reference import (
     alrp_loss_reference,
@@ -187,15 +197,28 @@ def focal_fn(x: Dict[str, torch.Tensor]) -> Callable[[], None]:
     return run
 
 
-def op_counts(fn: Callable[[], None], grid: bool, numel: int) -> Tuple[int, int]:
-    """(operations, host reads) of one call of ``fn`` (built on CPU tensors), binning with the
-    CPU grid where ``grid`` and ``numel`` reaches ``GRID_MIN_POINTS``, else with searchsorted as
-    on a GPU."""
+@contextlib.contextmanager
+def implementation(name: str):
+    """The ranking losses on path ``name`` ("auto", "eager") inside the block."""
+    before = compiled.get_implementation()
+    compiled.set_implementation(name)
+    try:
+        yield
+    finally:
+        compiled.set_implementation(before)
+
+
+def op_counts(fn: Callable[[], None], grid: bool, numel: int, path: str = "eager"
+              ) -> Tuple[int, int]:
+    """(operations, host reads) of one call of ``fn`` (built on CPU tensors) on ``path``; the
+    eager path bins with the CPU grid where ``grid`` and ``numel`` reaches ``GRID_MIN_POINTS``,
+    else with searchsorted as on a GPU."""
     grid_min = step_sums.GRID_MIN_POINTS
     if not grid:
         step_sums.GRID_MIN_POINTS = numel + 1
     try:
-        return sum(count_ops(fn).values()), sum(count_host_reads(fn).values())
+        with implementation(path):
+            return sum(count_ops(fn).values()), sum(count_host_reads(fn).values())
     finally:
         step_sums.GRID_MIN_POINTS = grid_min
 
@@ -241,9 +264,16 @@ def main(argv: Optional[List[str]] = None) -> None:
         p, n = item.lower().split("x")
         sizes.append((int(float(p)), int(float(n))))
 
-    header = ["device", "P", "N", "loss", "loop ms", "ours ms", "focal ms", "loop/ours",
-              "ours/focal", "ops", "reads", "GPU ops", "GPU reads", "focal ops", "loop MiB",
-              "ours MiB", "focal MiB"]
+    # the first call's build, measured in a fresh cache folder
+    os.environ["RSLOSS_D2_CACHE_DIR"] = tempfile.mkdtemp(prefix="rsloss_d2_kernels_")
+    if compiled.library() is None:
+        print(f"compiled path: unavailable ({compiled.get_error()}); ours = eager")
+    else:
+        print(f"compiled path: built in {compiled.build_seconds():.2f} s (first call only)")
+
+    header = ["device", "P", "N", "loss", "loop ms", "ours ms", "eager ms", "focal ms",
+              "loop/ours", "ours/focal", "eager/focal", "ops", "reads", "eager ops", "GPU ops",
+              "GPU reads", "focal ops", "loop MiB", "ours MiB", "focal MiB"]
     rows = []
     for device in devices:
         for p, n in sizes:
@@ -257,7 +287,12 @@ def main(argv: Optional[List[str]] = None) -> None:
                 ours = ours_fn(loss, x)
                 ours_ms = time_ms(ours, device, args.repeats)
                 ours_mem = peak_memory_mib(ours, device)
-                ops, reads = op_counts(ours_fn(loss, x_cpu), device.type == "cpu", p + n)
+                with implementation("eager"):
+                    eager_ms = time_ms(ours, device, args.repeats)
+                cpu_path = "auto" if device.type == "cpu" else "eager"
+                ops, reads = op_counts(ours_fn(loss, x_cpu), device.type == "cpu", p + n,
+                                       cpu_path)
+                eager_ops, _ = op_counts(ours_fn(loss, x_cpu), True, p + n)
                 gpu_ops, gpu_reads = op_counts(ours_fn(loss, x_cpu), False, p + n)
                 k = p if p <= args.skip_loop_above else args.skip_loop_above
                 loop = loop_fn(loss, x, None if k == p else k)
@@ -271,9 +306,11 @@ def main(argv: Optional[List[str]] = None) -> None:
                 est = k != p
                 rows.append([
                     device.type, str(p), f"{n:.0e}".replace("+0", ""), loss,
-                    _fmt(loop_ms, est, 0), _fmt(ours_ms, digits=2), _fmt(focal_ms, digits=2),
-                    _fmt(loop_ms / ours_ms, est, 0), _fmt(ours_ms / focal_ms, digits=2),
-                    str(ops), str(reads), str(gpu_ops), str(gpu_reads), str(focal_ops),
+                    _fmt(loop_ms, est, 0), _fmt(ours_ms, digits=2), _fmt(eager_ms, digits=2),
+                    _fmt(focal_ms, digits=2), _fmt(loop_ms / ours_ms, est, 0),
+                    _fmt(ours_ms / focal_ms, digits=2), _fmt(eager_ms / focal_ms, digits=2),
+                    str(ops), str(reads), str(eager_ops), str(gpu_ops), str(gpu_reads),
+                    str(focal_ops),
                     _fmt(loop_mem), _fmt(ours_mem), _fmt(focal_mem),
                 ])
                 print("  done:", " ".join(rows[-1]), flush=True)
@@ -295,9 +332,11 @@ def main(argv: Optional[List[str]] = None) -> None:
           "max_memory_allocated); the loop's is measured over its first 20 iterations "
           "(its temporaries do not grow with the number of iterations).")
     print("ops / reads: top-level ATen operations (views and metadata not counted) and host "
-          "reads of one forward+backward, counted on the CPU with the row's binning "
-          f"(CPU from {step_sums.GRID_MIN_POINTS} logits on: the grid, whose extra reads are of "
-          "host memory); GPU ops / reads: with the searchsorted binning a GPU runs.")
+          "reads of one forward+backward of ours, counted on the CPU with the row's path; "
+          "eager ops: the PyTorch path on the CPU "
+          f"(from {step_sums.GRID_MIN_POINTS} logits on: the grid, whose extra reads are of "
+          "host memory); GPU ops / reads: the PyTorch path with the searchsorted binning a GPU "
+          "runs.")
 
 
 if __name__ == "__main__":
