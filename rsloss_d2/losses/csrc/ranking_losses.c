@@ -68,6 +68,13 @@ static inline int64_t upper_bound(const double *b, int64_t lo, int64_t hi, doubl
     return lo;
 }
 
+/* A grid cell: the breakpoints below it, how many it holds and the first of them (+inf if
+ * none), in one 16-byte load. */
+typedef struct {
+    double edge;
+    int32_t below, n;
+} Cell;
+
 /* Sorted breakpoints and a uniform grid over them that bins a point in O(1) expected. */
 typedef struct {
     int64_t K;      /* number of breakpoints */
@@ -75,7 +82,7 @@ typedef struct {
     int64_t *tag;   /* (K,) sorted positive r for c_r - delta (or c_r if delta = 0), r + P for c_r + delta */
     int64_t G;      /* grid cells */
     double lo, inv_w;
-    int64_t *first; /* (G + 1,) #{k : cell(b[k]) < g} */
+    Cell *cells;    /* (G,) */
 } Bins;
 
 static inline int64_t cell_of(const Bins *B, double x) {
@@ -85,23 +92,20 @@ static inline int64_t cell_of(const Bins *B, double x) {
     return (int64_t)u;
 }
 
-/* bin of x: the number of breakpoints <= x. A cell holds a few breakpoints at most (4 cells
- * per breakpoint): counted without data-dependent branches, which cost more than the count. */
+/* bin of x: the number of breakpoints <= x. Most cells (4 per breakpoint) hold at most one
+ * breakpoint: one load and one comparison. */
 static inline int64_t bin_of(const Bins *B, double x) {
     if (!(x >= B->b[0])) return 0;
     if (x >= B->b[B->K - 1]) return B->K;
-    int64_t g = cell_of(B, x);
-    int64_t lo = B->first[g], hi = B->first[g + 1];
-    if (hi - lo > 8) return upper_bound(B->b, lo, hi, x);
-    int64_t q = lo;
-    for (int64_t k = lo; k < hi; ++k) q += B->b[k] <= x;
-    return q;
+    const Cell c = B->cells[cell_of(B, x)];
+    if (c.n <= 1) return c.below + (c.edge <= x);
+    return upper_bound(B->b, c.below, (int64_t)c.below + c.n, x);
 }
 
 static void bins_free(Bins *B) {
     free(B->b);
     free(B->tag);
-    free(B->first);
+    free(B->cells);
 }
 
 /* pos sorted by logit; delta > 0: the 2P breakpoints c - delta, c + delta; delta = 0: the P c. */
@@ -112,8 +116,8 @@ static int bins_make(Bins *B, const Pos *pos, int64_t P, double delta) {
     B->G = 4 * K;
     B->b = (double *)malloc(sizeof(double) * K);
     B->tag = (int64_t *)malloc(sizeof(int64_t) * K);
-    B->first = (int64_t *)calloc(B->G + 1, sizeof(int64_t));
-    if (!B->b || !B->tag || !B->first) return 3;
+    B->cells = (Cell *)malloc(sizeof(Cell) * B->G);
+    if (!B->b || !B->tag || !B->cells) return 3;
     if (delta > 0) {
         int64_t i = 0, j = 0, k = 0;
         while (k < K) {
@@ -136,8 +140,25 @@ static int bins_make(Bins *B, const Pos *pos, int64_t P, double delta) {
     B->lo = B->b[0];
     double span = B->b[K - 1] - B->b[0];
     B->inv_w = span > 0 ? (double)B->G / span : 0.0;
-    for (int64_t k = 0; k < K; ++k) B->first[cell_of(B, B->b[k]) + 1] += 1;
-    for (int64_t g = 0; g < B->G; ++g) B->first[g + 1] += B->first[g];
+    for (int64_t g = 0; g < B->G; ++g) {
+        B->cells[g].edge = INFINITY;
+        B->cells[g].below = 0;
+        B->cells[g].n = 0;
+    }
+    for (int64_t k = 0; k < K; ++k) { /* ascending b: a cell's first breakpoint comes first */
+        Cell *c = &B->cells[cell_of(B, B->b[k])];
+        if (c->n++ == 0) {
+            c->edge = B->b[k];
+            c->below = (int32_t)k;
+        }
+    }
+    int32_t below = 0; /* cells without breakpoints: all those below them */
+    for (int64_t g = 0; g < B->G; ++g) {
+        if (B->cells[g].n == 0)
+            B->cells[g].below = below;
+        else
+            below = B->cells[g].below + B->cells[g].n;
+    }
     return 0;
 }
 
