@@ -33,6 +33,31 @@ def _loggers_propagate():
         logging.getLogger(name).propagate = True
 
 
+def pytest_generate_tests(metafunc):
+    """A test module that lists ``LOSS_PATHS`` runs each test once per path of the ranking
+    losses (the PyTorch one, "eager", and the compiled C one: rsloss_d2.losses.compiled)."""
+    if "loss_path" in metafunc.fixturenames and hasattr(metafunc.module, "LOSS_PATHS"):
+        metafunc.parametrize("loss_path", metafunc.module.LOSS_PATHS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def loss_path(request):
+    """The path of the ranking losses in this test: its ``LOSS_PATHS`` parameter; in
+    tests/losses the PyTorch path by default (the compiled one has its own tests there);
+    elsewhere what the process chooses ("auto")."""
+    from rsloss_d2.losses import compiled
+
+    name = getattr(request, "param", None)
+    if name is None and request.node.path.parent.name == "losses":
+        name = "eager"
+    if name is None:
+        yield compiled.get_implementation()
+        return
+    compiled.set_implementation(name)
+    yield name
+    compiled.set_implementation("auto")
+
+
 def load_tool(name):
     """A script of tools/ (or of its benchmarks/ / diagnostics/ / deploy/ folders) as a module."""
     import importlib.util

@@ -43,6 +43,7 @@ __all__ = [
     "library",
     "library_for",
     "build_seconds",
+    "time_build",
     "get_error",
     "rank_sort",
     "alrp",
@@ -91,7 +92,9 @@ def _compiler() -> Optional[str]:
     return shutil.which(cc) or shutil.which("gcc")
 
 
-def _build() -> ctypes.CDLL:
+def _build(folder: Optional[str] = None) -> ctypes.CDLL:
+    """Load the library from ``folder`` (default: the cache folder), building it there first
+    if it is not there yet."""
     with open(SOURCE, "rb") as f:
         source = f.read()
     cc = _compiler()
@@ -99,7 +102,7 @@ def _build() -> ctypes.CDLL:
         raise RuntimeError(f"no C compiler found ($CC = {os.environ.get('CC', 'cc')!r}, gcc)")
     flags = ["-O3", "-std=c99", "-fPIC", "-shared"]
     key = hashlib.sha256(source + " ".join([cc] + flags).encode()).hexdigest()[:16]
-    folder = _cache_dir()
+    folder = folder or _cache_dir()
     path = os.path.join(folder, f"ranking_losses-{key}.so")
     if not os.path.exists(path):
         os.makedirs(folder, exist_ok=True)
@@ -145,6 +148,15 @@ def library() -> Optional[ctypes.CDLL]:
                                    "PyTorch path (%s)", e)
                 _state["tried"] = True
     return _state["library"]
+
+
+def time_build() -> float:
+    """Seconds to build the library from scratch (in a temporary folder; the cache and this
+    process's library are left alone): the first call's extra cost on a new machine."""
+    with tempfile.TemporaryDirectory() as folder:
+        t0 = time.perf_counter()
+        _build(folder)
+        return time.perf_counter() - t0
 
 
 def get_error() -> Optional[str]:

@@ -14,7 +14,7 @@ from _ranking_cases import (
 )
 
 
-# every test on both paths of the loss (conftest.py): the PyTorch one and the compiled C one
+# every test on both paths of the loss (tests/conftest.py): the PyTorch one and the compiled C one
 LOSS_PATHS = ("eager", "compiled")
 
 

@@ -8,7 +8,7 @@ from rsloss_d2.losses.reference import ap_loss_reference
 from _ranking_cases import EXAMPLE_BINARY_TARGETS, EXAMPLE_LOGITS, max_abs_diff, random_case
 
 
-# every test on both paths of the loss (conftest.py): the PyTorch one and the compiled C one
+# every test on both paths of the loss (tests/conftest.py): the PyTorch one and the compiled C one
 LOSS_PATHS = ("eager", "compiled")
 
 

@@ -11,7 +11,7 @@ from rsloss_d2.losses.reference import (
 
 from _ranking_cases import max_abs_diff, random_case
 
-# every test on both paths of the loss (conftest.py): the PyTorch one and the compiled C one
+# every test on both paths of the loss (tests/conftest.py): the PyTorch one and the compiled C one
 LOSS_PATHS = ("eager", "compiled")
 LOSSES = ["rs", "alrp", "ap"]
 
