@@ -28,6 +28,10 @@ config the value with the best `--select` metric (default: the first of `--metri
 whose name contains "LRP" are lower-is-better, all others higher-is-better), then trains every
 seed at that value (the grid's run at the chosen value is the first seed's run).
 
+`--weights-from OUT` trains nothing: each run evaluates (`--eval-only`) the `model_final.pth` of
+the same run under an earlier `--out OUT`, with this call's `--opts` (e.g. another test score
+threshold), into its own folder of `--out`; the grid choice is made again on these numbers.
+
 The table (markdown, also written to `out/table.md`) gives per config and metric the mean over
 seeds, "± spread" = half the range (max − min) / 2, and the individual values. With
 `--claim TEXT` the section `## TEXT` of `--results` (default docs/results.md) is written or
@@ -65,7 +69,8 @@ oLRP metrics are lower-is-better, all others higher-is-better. Each section is w
 `tools/run_seeds.py --claim` (the command line is in the section); rerunning it replaces it.
 """
 
-Run = collections.namedtuple("Run", "name seed config output_dir opts")
+# weights: with --weights-from, the checkpoint the run evaluates instead of training
+Run = collections.namedtuple("Run", "name seed config output_dir opts weights", defaults=(None,))
 
 
 def final_metrics(output_dir):
@@ -129,11 +134,15 @@ def run_dir(out, config, overrides, seed):
 
 def train_command(run):
     """The tools/train_net.py command line of one run."""
+    start = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file",
+             os.path.abspath(run.config)]
+    if run.weights:  # evaluated, not trained: train_net saves the numbers to its metrics.json
+        return start + ["--eval-only", "SEED", str(run.seed), "OUTPUT_DIR", run.output_dir,
+                        "MODEL.WEIGHTS", run.weights] + list(run.opts)
     # --resume: an interrupted run continues from its last checkpoint, a trained one whose final
     # evaluation is missing is only evaluated (without it, train_net refuses a finished run)
-    return [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file",
-            os.path.abspath(run.config), "--resume", "SEED", str(run.seed), "OUTPUT_DIR",
-            run.output_dir] + list(run.opts)
+    return start + ["--resume", "SEED", str(run.seed), "OUTPUT_DIR", run.output_dir] + \
+        list(run.opts)
 
 
 def default_threads(jobs):
@@ -390,6 +399,9 @@ def get_parser():
     p.add_argument("--results", help="the claims file (default docs/results.md with --claim)")
     p.add_argument("--verdict-metrics", nargs="+",
                    help="the metrics given a verdict (default: --metrics)")
+    p.add_argument("--weights-from", metavar="OUT",
+                   help="evaluate the model_final.pth of each run of an earlier --out OUT "
+                        "(same configs, grid and seeds) with --opts instead of training")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                    help="KEY VALUE pairs for every run")
     return p
@@ -417,12 +429,18 @@ def main(argv=None):
     threads = args.threads or default_threads(args.jobs)
     failed = []
 
+    def weights(c, o, seed):
+        if not args.weights_from:
+            return None
+        return os.path.join(run_dir(args.weights_from, c, o, seed), "model_final.pth")
+
     grid, chosen = None, {}
     if args.grid:
         key, values = args.grid[0], args.grid[1:]
         seed = args.seeds[0]
         runs = [Run(row_name(c, o + [key, v]), seed, c, run_dir(args.out, c, o + [key, v], seed),
-                    args.opts + o + [key, v]) for c, o in configs for v in values]
+                    args.opts + o + [key, v], weights(c, o + [key, v], seed))
+                for c, o in configs for v in values]
         done = iter(zip(runs, run_all(runs, args.jobs, threads)))
         scores = {}
         for c, o in configs:
@@ -445,8 +463,8 @@ def main(argv=None):
                 continue
             o = o + [args.grid[0], value]
         rows.append((row_name(c, o), len(args.seeds)))
-        runs += [Run(row_name(c, o), s, c, run_dir(args.out, c, o, s), args.opts + o)
-                 for s in args.seeds]
+        runs += [Run(row_name(c, o), s, c, run_dir(args.out, c, o, s), args.opts + o,
+                     weights(c, o, s)) for s in args.seeds]
     done = iter(zip(runs, run_all(runs, args.jobs, threads)))
     results = {}
     for name, n in rows:

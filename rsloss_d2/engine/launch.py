@@ -9,6 +9,7 @@ pairs, loss names, the batch split, MODEL.WEIGHTS and OUTPUT_DIR (`rsloss_d2/eng
 RLE masks switch INPUT.MASK_FORMAT to bitmask. Weights that do not fit the model stop each
 process after loading (`rsloss_d2/engine/checkpoint.py`).
 """
+import json
 import logging
 import os
 import shlex
@@ -19,6 +20,8 @@ import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
+from detectron2.evaluation.testing import flatten_results_dict
+from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_rsloss_config
@@ -185,6 +188,15 @@ def setup(args):
     return cfg
 
 
+def save_eval_only_metrics(cfg, results):
+    """Append the results of an `--eval-only` run to OUTPUT_DIR/metrics.json as one line with the
+    keys of a training's final evaluation ("bbox/AP", ...) and "eval_only": MODEL.WEIGHTS, so
+    that what reads a training's numbers (`tools/run_seeds.py`, plots) reads these too."""
+    line = dict(flatten_results_dict(results), eval_only=cfg.MODEL.WEIGHTS)
+    with PathManager.open(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), "a") as f:
+        f.write(json.dumps(line, sort_keys=True) + "\n")
+
+
 def train_or_evaluate(args):
     """One process's work: evaluate MODEL.WEIGHTS (`--eval-only`) or train (then evaluate)."""
     cfg = setup(args)
@@ -197,6 +209,7 @@ def train_or_evaluate(args):
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
+            save_eval_only_metrics(cfg, res)
         return res
     trainer = Trainer(cfg)
     trainer.eval_only_command = eval_only_command(

@@ -329,3 +329,33 @@ def test_ranking_quality_cells_keep_three_decimals():
                   {"bbox/AP": 35.0, "bbox/spearman": 0.4312}]}
     row = tool.table(runs, ["bbox/AP", "bbox/spearman"])[2]
     assert row == "| a | 2 | 34.5 ± 0.5 (33.9, 35.0) | 0.447 ± 0.016 (0.463, 0.431) |"
+
+
+def test_weights_from_evaluates_the_earlier_runs(tmp_path, monkeypatch, capsys):
+    """--weights-from: eval-only runs of the same configs / grid / seeds' final weights, with
+    this call's options; the grid is chosen again on these numbers."""
+    tool = _tool()
+    commands, real_command = [], tool.train_command
+
+    def fake_eval(run):
+        commands.append(real_command(run))
+        return [sys.executable, "-c", FAKE_TRAIN, "SEED", str(run.seed), "OUTPUT_DIR",
+                run.output_dir] + list(run.opts)
+    monkeypatch.setattr(tool, "train_command", fake_eval)
+    trained, out = tmp_path / "trained", tmp_path / "thr0"
+    tool.main(["--configs", "x/a.yaml PEAK 0.2", "--grid", "SOLVER.BASE_LR", "0.1", "0.2",
+               "--seeds", "1", "2", "--metrics", "bbox/AP", "--out", str(out),
+               "--weights-from", str(trained), "--opts", "MODEL.SCORE_THRESH", "0.0"])
+    assert len(commands) == 3  # 2 grid runs + the second seed
+    for cmd in commands:
+        assert "--eval-only" in cmd and "--resume" not in cmd
+        i = cmd.index("MODEL.WEIGHTS")
+        weights = cmd[i + 1]
+        run_folder = os.path.relpath(os.path.dirname(weights), str(trained))
+        assert os.path.basename(weights) == "model_final.pth"
+        assert cmd[cmd.index("OUTPUT_DIR") + 1] == str(out / run_folder)
+        assert cmd[cmd.index("MODEL.SCORE_THRESH") + 1] == "0.0"
+    folders = sorted(os.path.relpath(os.path.dirname(c[c.index("MODEL.WEIGHTS") + 1]),
+                                     str(trained)) for c in commands)
+    assert folders == ["a__PEAK_0.2_BASE_LR_0.1/seed1", "a__PEAK_0.2_BASE_LR_0.2/seed1",
+                       "a__PEAK_0.2_BASE_LR_0.2/seed2"]

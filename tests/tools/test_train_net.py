@@ -61,6 +61,10 @@ def test_eval_only_reproduces_training_metrics(quick_run, tmp_path):
     for task in ("bbox", "segm"):
         for k in ("AP", "AP50", "AP75"):
             assert res[task][k] == pytest.approx(final[f"{task}/{k}"], abs=2e-4), (task, k)
+    # the numbers are also saved where a training's are, marked with the weights evaluated
+    (saved,) = read_metrics(str(tmp_path))
+    assert saved["eval_only"] == weights
+    assert saved["segm/AP"] == pytest.approx(res["segm"]["AP"], abs=1e-4)
 
 
 def test_resume_continues_from_last_checkpoint(shapes_root, tmp_path):
