@@ -12,6 +12,9 @@ and the glue the detection heads need (``utils.py``): :func:`vectorize_labels`,
 ``dice.py``: the per-instance dice loss of SOLO / SOLOv2 (:func:`dice_loss`, :func:`dice_coefficient`).
 Long-tail classification (GOL): :func:`gumbel_activation`, :func:`gumbel_cross_entropy`
 (``gumbel.py``), :func:`drop_loss`, :func:`eql_loss`, :func:`tail_class_mask` (``drop_loss.py``).
+On the CPU the three ranking losses run as one compiled C call each (``compiled.py``,
+``csrc/ranking_losses.c``; ``compiled.set_implementation`` / ``MODEL.RANK_LOSS.IMPLEMENTATION``
+choose the path), elsewhere as the batched PyTorch operations above.
 ``reference.py`` holds the slow per-positive loops used by the tests and the benchmark;
 ``op_count.py`` counts the operations and host reads of a call and ``synthetic.py`` draws seeded
 inputs (tests and benchmark).
