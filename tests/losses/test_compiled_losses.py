@@ -50,6 +50,14 @@ def _reference(name, logits, targets, loc=None):
     return [r["loss"]], r["grad"]
 
 
+def _assert_matches_reference(name, logits, targets, loc, tol):
+    out, grad = _run(name, logits, targets, loc)
+    ref_out, ref_grad = _reference(name, logits, targets, loc)
+    for a, b in zip(out, ref_out):
+        assert abs(a.item() - b.item()) < tol
+    assert max_abs_diff(grad, ref_grad) < tol
+
+
 def _large_case(name, seed=3):
     """~100k logits (the threaded passes), 40 positives, negatives exactly on the breakpoints
     c ± δ and on the positives, far outliers; targets of the loss `name`."""
@@ -78,13 +86,9 @@ def test_large_input_on_threads_matches_reference(name, threads):
     torch.set_num_threads(threads)
     try:
         compiled.set_implementation("compiled")
-        out, grad = _run(name, logits, targets, loc)
+        _assert_matches_reference(name, logits, targets, loc, 1e-9)
     finally:
         torch.set_num_threads(before)
-    ref_out, ref_grad = _reference(name, logits, targets, loc)
-    for a, b in zip(out, ref_out):
-        assert abs(a.item() - b.item()) < 1e-9
-    assert max_abs_diff(grad, ref_grad) < 1e-9
 
 
 @pytest.mark.parametrize("name", LOSSES)
@@ -98,11 +102,7 @@ def test_huge_logits_match_reference(name):
     if name == "rs":
         targets = targets * 0.5
     loc = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
-    out, grad = _run(name, logits, targets, loc)
-    ref_out, ref_grad = _reference(name, logits, targets, loc)
-    for a, b in zip(out, ref_out):
-        assert abs(a.item() - b.item()) < 1e-12
-    assert max_abs_diff(grad, ref_grad) < 1e-12
+    _assert_matches_reference(name, logits, targets, loc, 1e-12)
 
 
 @pytest.mark.parametrize("name", LOSSES)
