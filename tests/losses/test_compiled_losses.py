@@ -58,11 +58,10 @@ def _assert_matches_reference(name, logits, targets, loc, tol):
     assert max_abs_diff(grad, ref_grad) < tol
 
 
-def _large_case(name, seed=3):
-    """~100k logits (the threaded passes), 40 positives, negatives exactly on the breakpoints
-    c ± δ and on the positives, far outliers; targets of the loss `name`."""
+def _large_case(name, seed=3, n=100_000, p=40):
+    """n + p logits (100k: the threaded passes over all logits), p positives, negatives exactly
+    on the breakpoints c ± δ and on the positives, far outliers; targets of the loss `name`."""
     g = torch.Generator().manual_seed(seed)
-    n, p = 100_000, 40
     delta = 0.5 if name == "rs" else 1.0
     logits = torch.randn(n + p, generator=g, dtype=torch.float64)
     logits[:p] += 1.0
@@ -87,6 +86,19 @@ def test_large_input_on_threads_matches_reference(name, threads):
     try:
         compiled.set_implementation("compiled")
         _assert_matches_reference(name, logits, targets, loc, 1e-9)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_many_positives_on_threads_matches_reference(threads):
+    """600 positives: RS Loss's positive-pair passes run on the threads too."""
+    logits, targets, _ = _large_case("rs", n=5000, p=600)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        compiled.set_implementation("compiled")
+        _assert_matches_reference("rs", logits, targets, None, 1e-9)
     finally:
         torch.set_num_threads(before)
 

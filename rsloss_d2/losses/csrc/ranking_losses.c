@@ -31,6 +31,8 @@
 
 /* Below this many entries a pass runs on one thread (a parallel region costs microseconds). */
 #define PARALLEL_MIN 65536
+/* ... and below this many positives the RS positive-pair passes. */
+#define PAIRS_PARALLEL_MIN 256
 
 typedef struct {
     double c;   /* logit */
@@ -409,6 +411,33 @@ static inline double step(double x, double delta, double inv2d) {
     return x >= 0 ? 1.0 : 0.0;
 }
 
+/* The first sorted positive j with H(c_j - c) > 0 (H grows with c_j). Found with H itself:
+ * c - delta rounds to c for huge logits. */
+static int64_t first_with_step(const Pos *pos, int64_t P, double c, double delta, double inv2d) {
+    int64_t lo = 0, hi = P;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (step(pos[mid].c - c, delta, inv2d) > 0.0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
+/* The number of sorted positives r with H(c - c_r) > 0 (H shrinks as c_r grows). */
+static int64_t count_with_step(const Pos *pos, int64_t P, double c, double delta, double inv2d) {
+    int64_t lo = 0, hi = P;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (step(c - pos[mid].c, delta, inv2d) > 0.0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 /* What the binning gives a positive's own term H(c - c): 1/2, or 1 where c + delta rounds to c
  * (|c| above ~2^52 delta: the window [c - delta, c + delta) is empty). aLRP and AP replace the
  * self term by 1, so it is taken out exactly. (Ties between such huge logits also count fully
@@ -442,15 +471,20 @@ int rs_loss(const void *s, const void *t, int64_t M, int f64, double delta, doub
         goto done;
     }
     for (int64_t r = 0; r < P; ++r) y[r] = load(t, w.pos[r].at, f64);
-    double sum_rank = 0.0, sum_sort = 0.0;
-    /* j0: the first positive with H(c_j - c_r) > 0, non-decreasing in r. Tested with H itself:
-     * c - delta rounds to c for huge logits. */
-    int64_t j0 = 0;
+    /* errors per positive (summed in order afterwards: the same sums on any number of threads) */
+    double *err_rank = (double *)malloc(sizeof(double) * P);
+    double *err_sort = (double *)malloc(sizeof(double) * P);
+    if (!err_rank || !err_sort) {
+        free(err_rank);
+        free(err_sort);
+        rc = 3;
+        goto done;
+    }
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 16) if (P >= PAIRS_PARALLEL_MIN)
     for (int64_t r = 0; r < P; ++r) {
         double c = w.pos[r].c, yr = y[r];
-        while (j0 < P && step(w.pos[j0].c - c, delta, inv2d) == 0.0) ++j0;
         double tot = 0, tot_y = 0, hi = 0, hi_y = 0, low = 0;
-        for (int64_t j = j0; j < P; ++j) {
+        for (int64_t j = first_with_step(w.pos, P, c, delta, inv2d); j < P; ++j) {
             double h = step(w.pos[j].c - c, delta, inv2d);
             double hy = h * y[j];
             tot += h;
@@ -465,20 +499,25 @@ int rs_loss(const void *s, const void *t, int64_t M, int f64, double delta, doub
         double fp = w.fp[r];
         double sort_err = hi_y / hi - tot_y / tot;
         double rank_err = fp / (tot + fp);
-        sum_rank += rank_err;
-        sum_sort += sort_err;
+        err_rank[r] = rank_err;
+        err_sort[r] = sort_err;
         double step0 = low > eps ? sort_err : 0.0, step1 = fp > eps ? rank_err : 0.0;
         coef0[r] = low > eps ? sort_err / low : 0.0;
         coef1[r] = fp > eps ? rank_err / fp : 0.0;
         fg[r] = -(step0 + step1);
     }
-    /* positive j receives sum_{r: y_r > y_j} coef0_r H(c_j - c_r): r below r1, the first
-     * positive with H(c_j - c_r) = 0 (non-decreasing in j) */
-    int64_t r1 = 0;
+    double sum_rank = 0.0, sum_sort = 0.0;
+    for (int64_t r = 0; r < P; ++r) {
+        sum_rank += err_rank[r];
+        sum_sort += err_sort[r];
+    }
+    free(err_rank);
+    free(err_sort);
+    /* positive j receives sum_{r: y_r > y_j} coef0_r H(c_j - c_r) over the r with H > 0 */
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 16) if (P >= PAIRS_PARALLEL_MIN)
     for (int64_t j = 0; j < P; ++j) {
-        double c = w.pos[j].c, yj = y[j];
-        while (r1 < P && step(c - w.pos[r1].c, delta, inv2d) > 0.0) ++r1;
-        double acc = 0.0;
+        double c = w.pos[j].c, yj = y[j], acc = 0.0;
+        int64_t r1 = count_with_step(w.pos, P, c, delta, inv2d);
         for (int64_t r = 0; r < r1; ++r)
             if (yj < y[r] && coef0[r] != 0.0) acc += coef0[r] * step(c - w.pos[r].c, delta, inv2d);
         fg[j] += acc;
