@@ -104,26 +104,34 @@ def _build(folder: Optional[str] = None) -> ctypes.CDLL:
     key = hashlib.sha256(source + " ".join([cc] + flags).encode()).hexdigest()[:16]
     folder = folder or _cache_dir()
     path = os.path.join(folder, f"ranking_losses-{key}.so")
-    if not os.path.exists(path):
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-        os.close(fd)
+    if os.path.exists(path):
         try:
-            t0 = time.perf_counter()
-            # with OpenMP where the compiler has it, else one thread
-            for extra in (["-fopenmp"], []):
-                proc = subprocess.run([cc, *flags, *extra, SOURCE, "-o", tmp, "-lm"],
-                                      capture_output=True, text=True)
-                if proc.returncode == 0:
-                    break
-            else:
-                raise RuntimeError(f"{cc} failed to build {SOURCE}: {proc.stderr.strip()}")
-            _state["build_seconds"] = time.perf_counter() - t0
-            os.replace(tmp, path)  # atomic: processes building at once all get a whole file
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    lib = ctypes.CDLL(path)
+            return _declare(ctypes.CDLL(path))
+        except OSError:  # a damaged file in the cache: built again below
+            os.remove(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+    os.close(fd)
+    try:
+        t0 = time.perf_counter()
+        # with OpenMP where the compiler has it, else one thread
+        for extra in (["-fopenmp"], []):
+            proc = subprocess.run([cc, *flags, *extra, SOURCE, "-o", tmp, "-lm"],
+                                  capture_output=True, text=True)
+            if proc.returncode == 0:
+                break
+        else:
+            raise RuntimeError(f"{cc} failed to build {SOURCE}: {proc.stderr.strip()}")
+        _state["build_seconds"] = time.perf_counter() - t0
+        os.replace(tmp, path)  # atomic: processes building at once all get a whole file
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return _declare(ctypes.CDLL(path))
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """The argument and return types of the library's three functions."""
     vp, i64, dbl, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
     i64p = ctypes.POINTER(ctypes.c_int64)
     lib.rs_loss.argtypes = [vp, vp, i64, cint, dbl, dbl, cint, vp, vp, vp, i64p]

@@ -2,6 +2,8 @@
 tests (run on both paths) do not cover — large inputs on several threads, huge logits, the cost
 of a call, the build and its cache, and the fallback to the PyTorch path."""
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -213,3 +215,19 @@ def test_config_key_names_a_path():
     cfg = load_config(QUICK_CONFIG, ["MODEL.RANK_LOSS.IMPLEMENTATION", "fast"])
     with pytest.raises(ConfigError, match=r"IMPLEMENTATION is 'fast'; choose one of 'auto'"):
         check_rank_loss_implementation(cfg)
+
+
+def test_damaged_cache_file_is_built_again(fresh_build, monkeypatch):
+    # built by another process (a library this process has loaded must not be overwritten)
+    subprocess.run([sys.executable, "-c", "from rsloss_d2.losses import compiled; "
+                    "assert compiled.library() is not None"], check=True)
+    (built,) = (fresh_build / "kernels").glob("ranking_losses-*.so")
+    damaged = fresh_build / "damaged"
+    damaged.write_bytes(b"not a shared library")
+    os.replace(damaged, built)
+    lib = compiled.library()
+    assert lib is not None and compiled.build_seconds() is not None
+    assert built.read_bytes()[:4] == b"\x7fELF"
+    logits, targets, _ = _large_case("ap", n=300, p=20)
+    compiled.set_implementation("compiled")
+    _assert_matches_reference("ap", logits, targets, None, 1e-9)
