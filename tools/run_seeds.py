@@ -35,7 +35,8 @@ threshold), into its own folder of `--out`; the grid choice is made again on the
 The table (markdown, also written to `out/table.md`) gives per config and metric the mean over
 seeds, "± spread" = half the range (max − min) / 2, and the individual values. With
 `--claim TEXT` the section `## TEXT` of `--results` (default docs/results.md) is written or
-replaced: the command line, date and commit, the grid, the table and per metric a verdict for
+replaced: the command line, date and commit (and, when reused runs were trained at other
+commits, each run's commit, recorded in `<run dir>/code_version.txt` when it starts), the grid, the table and per metric a verdict for
 each consecutive pair of configs (given worst-expected first): "reproduced" when the ranges over
 seeds do not overlap and the later config is better, "not reproduced" when they do not overlap
 and it is worse, "within noise" when they overlap (at least 3 seeds needed). The exit status is 1
@@ -57,6 +58,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIN_SEEDS = 3
 LOG_TAIL_LINES = 30
+VERSION_FILE = "code_version.txt"  # in each run dir: the code_version() the run started at
 RESULTS_HEADER = """# Claims table
 
 Every claim of the papers checked on the synthetic `shapes` / `shapes_lt` data. Within a claim
@@ -154,8 +156,11 @@ def default_threads(jobs):
     return max(1, cpus // jobs)
 
 
-def _start(run, threads):
+def _start(run, threads, version=None):
     os.makedirs(run.output_dir, exist_ok=True)
+    if version:
+        with open(os.path.join(run.output_dir, VERSION_FILE), "w") as f:
+            f.write(version + "\n")
     cmd = train_command(run)
     # unbuffered, so that run.log can be followed while the run trains
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
@@ -172,9 +177,9 @@ def _log_tail(run):
         return f.read().splitlines()[-LOG_TAIL_LINES:]
 
 
-def run_all(runs, jobs=1, threads=None):
+def run_all(runs, jobs=1, threads=None, version=None):
     """Train `runs` (finished ones reused), up to `jobs` at once -> final metrics per run, in
-    order (None for a failed run)."""
+    order (None for a failed run). `version` is recorded in each started run's folder."""
     threads = threads or default_threads(jobs)
     results = [None] * len(runs)
     pending = []
@@ -188,7 +193,7 @@ def run_all(runs, jobs=1, threads=None):
     while pending or active:
         while pending and len(active) < jobs:
             i = pending.pop(0)
-            proc, log = _start(runs[i], threads)
+            proc, log = _start(runs[i], threads, version)
             active[i] = (proc, log, time.time())
             print(f"started  {runs[i].name} seed {runs[i].seed}: {runs[i].output_dir}/run.log",
                   flush=True)
@@ -333,10 +338,36 @@ def code_version(ignore=None):
     return commit + (" + uncommitted changes" if changed else "")
 
 
-def claim_section(claim, command, date, version, grid, table_lines, verdicts, failed):
+def recorded_version(output_dir):
+    """The code version a run dir recorded when its run started (None if it has no record)."""
+    try:
+        with open(os.path.join(output_dir, VERSION_FILE)) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def versions_line(date, version, run_versions, weight_versions=()):
+    """"Run on DATE at commit V." when every run started at `version`; otherwise the commits the
+    runs (and, for --weights-from, their checkpoints) were made at, with run counts."""
+    def counts(versions):
+        c = collections.Counter(v or "not recorded" for v in versions)
+        return ", ".join(f"{v} ({n} run{'s' if n > 1 else ''})" for v, n in c.items())
+    if all(v == version for v in run_versions) and not weight_versions:
+        return f"Run on {date} (UTC) at commit {version}."
+    line = (f"Written on {date} (UTC) at commit {version}; runs made at commit "
+            f"{counts(run_versions)}")
+    if weight_versions:
+        line += f"; their checkpoints trained at commit {counts(weight_versions)}"
+    return line + "."
+
+
+def claim_section(claim, command, date, version, grid, table_lines, verdicts, failed,
+                  run_versions=None, weight_versions=()):
     """The markdown section of one claim (ends with a newline)."""
-    lines = [f"## {claim}", "", "```bash", command, "```", "", f"Run on {date} (UTC) at commit "
-             f"{version}.", ""]
+    run_versions = [version] if run_versions is None else run_versions
+    lines = [f"## {claim}", "", "```bash", command, "```", "",
+             versions_line(date, version, run_versions, weight_versions), ""]
     if grid:
         lines += grid + [""]
     lines += table_lines + [""]
@@ -428,6 +459,11 @@ def main(argv=None):
     select = args.select or args.metrics[0]
     threads = args.threads or default_threads(args.jobs)
     failed = []
+    results_path = None
+    if args.claim is not None:
+        results_path = args.results or os.path.join(REPO, "docs", "results.md")
+    version = code_version(ignore=results_path)
+    all_runs = []  # every run of the grid and the seeds, for the versions line
 
     def weights(c, o, seed):
         if not args.weights_from:
@@ -441,7 +477,8 @@ def main(argv=None):
         runs = [Run(row_name(c, o + [key, v]), seed, c, run_dir(args.out, c, o + [key, v], seed),
                     args.opts + o + [key, v], weights(c, o + [key, v], seed))
                 for c, o in configs for v in values]
-        done = iter(zip(runs, run_all(runs, args.jobs, threads)))
+        all_runs += runs
+        done = iter(zip(runs, run_all(runs, args.jobs, threads, version)))
         scores = {}
         for c, o in configs:
             by_value = {}
@@ -465,7 +502,8 @@ def main(argv=None):
         rows.append((row_name(c, o), len(args.seeds)))
         runs += [Run(row_name(c, o), s, c, run_dir(args.out, c, o, s), args.opts + o,
                      weights(c, o, s)) for s in args.seeds]
-    done = iter(zip(runs, run_all(runs, args.jobs, threads)))
+    all_runs += [r for r in runs if r.output_dir not in {a.output_dir for a in all_runs}]
+    done = iter(zip(runs, run_all(runs, args.jobs, threads, version)))
     results = {}
     for name, n in rows:
         results[name] = []
@@ -482,13 +520,16 @@ def main(argv=None):
     print("\n".join((grid + [""] if grid else []) + lines))
 
     if args.claim is not None:
-        path = args.results or os.path.join(REPO, "docs", "results.md")
+        path = results_path
         command = ".venv/bin/python tools/run_seeds.py " + shlex.join(argv)
         date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
         verdicts = verdict_rows(results, args.verdict_metrics or args.metrics)
+        run_versions = [recorded_version(r.output_dir) for r in all_runs]
+        weight_versions = [recorded_version(os.path.dirname(r.weights)) for r in all_runs
+                           if r.weights]
         write_section(path, args.claim.strip(), claim_section(
-            args.claim.strip(), command, date, code_version(ignore=path), grid, lines, verdicts,
-            failed))
+            args.claim.strip(), command, date, version, grid, lines, verdicts, failed,
+            run_versions, weight_versions))
         print(f"wrote the section '## {args.claim.strip()}' of {path}")
     if failed:
         print(failed_line(failed), file=sys.stderr)

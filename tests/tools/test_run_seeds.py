@@ -359,3 +359,52 @@ def test_weights_from_evaluates_the_earlier_runs(tmp_path, monkeypatch, capsys):
                                      str(trained)) for c in commands)
     assert folders == ["a__PEAK_0.2_BASE_LR_0.1/seed1", "a__PEAK_0.2_BASE_LR_0.2/seed1",
                        "a__PEAK_0.2_BASE_LR_0.2/seed2"]
+
+
+def _versions_line(results, claim):
+    return _section(results.read_text(), claim)[6]
+
+
+def test_each_run_records_its_commit_and_reused_runs_are_named(tmp_path, monkeypatch, capsys):
+    """A started run records the code version in its folder; a section whose runs were all made
+    at the current version says "Run on ... at commit V"; one that reuses runs made at other
+    commits (or without a record) says which, with counts."""
+    tool = _tool()
+    _fake_training(tool, monkeypatch)
+    monkeypatch.setattr(tool, "code_version", lambda ignore=None: "c0ffee1")
+    results, out = tmp_path / "results.md", tmp_path / "out"
+    argv = ["--configs", "x/a.yaml", "x/b.yaml MODEL.BONUS 5", "--seeds", "1", "2", "3",
+            "--metrics", "bbox/AP", "--claim", "c", "--results", str(results), "--out", str(out),
+            "--opts", "SOLVER.BASE_LR", "0.2"]
+    tool.main(argv)
+    for folder in ("a", "b__BONUS_5"):
+        for seed in (1, 2, 3):
+            assert (out / folder / f"seed{seed}" / "code_version.txt").read_text() == "c0ffee1\n"
+    assert re.fullmatch(r"Run on \d{4}-\d\d-\d\d \(UTC\) at commit c0ffee1\.",
+                        _versions_line(results, "c"))
+
+    (out / "a" / "seed2" / "code_version.txt").write_text("1234abc + uncommitted changes\n")
+    (out / "b__BONUS_5" / "seed3" / "code_version.txt").unlink()
+    monkeypatch.setattr(tool, "code_version", lambda ignore=None: "beef222")
+    capsys.readouterr()
+    tool.main(argv)
+    assert capsys.readouterr().out.count("reused ") == 6
+    assert _versions_line(results, "c").endswith(
+        "(UTC) at commit beef222; runs made at commit c0ffee1 (4 runs), 1234abc + uncommitted "
+        "changes (1 run), not recorded (1 run).")
+
+
+def test_weights_from_names_the_checkpoints_commits(tmp_path, monkeypatch):
+    tool = _tool()
+    _fake_training(tool, monkeypatch)
+    monkeypatch.setattr(tool, "code_version", lambda ignore=None: "c0ffee1")
+    trained, out, results = tmp_path / "trained", tmp_path / "thr0", tmp_path / "results.md"
+    for seed in (1, 2, 3):
+        (trained / "a" / f"seed{seed}").mkdir(parents=True)
+        (trained / "a" / f"seed{seed}" / "code_version.txt").write_text("aaaa111\n")
+    tool.main(["--configs", "x/a.yaml", "--seeds", "1", "2", "3", "--metrics", "bbox/AP",
+               "--claim", "c", "--results", str(results), "--out", str(out), "--weights-from",
+               str(trained), "--opts", "SOLVER.BASE_LR", "0.2"])
+    assert _versions_line(results, "c").endswith(
+        "at commit c0ffee1; runs made at commit c0ffee1 (3 runs); their checkpoints trained at "
+        "commit aaaa111 (3 runs).")
