@@ -35,11 +35,11 @@ threshold), into its own folder of `--out`; the grid choice is made again on the
 The table (markdown, also written to `out/table.md`) gives per config and metric the mean over
 seeds, "± spread" = half the range (max − min) / 2, and the individual values. With
 `--claim TEXT` the section `## TEXT` of `--results` (default docs/results.md) is written or
-replaced: the command line, date and commit (and, when reused runs were trained at other
-commits, each run's commit, recorded in `<run dir>/code_version.txt` when it starts), the grid, the table and per metric a verdict for
-each consecutive pair of configs (given worst-expected first): "reproduced" when the ranges over
-seeds do not overlap and the later config is better, "not reproduced" when they do not overlap
-and it is worse, "within noise" when they overlap (at least 3 seeds needed). The exit status is 1
+replaced: the command line, date and commit (and, when reused runs were made at other commits,
+each run's commit, recorded in `<run dir>/code_version.txt` when it starts), the grid, the table
+and per metric a verdict for each consecutive pair of configs (given worst-expected first):
+"reproduced" when the ranges over seeds do not overlap and the later config is better, "not
+reproduced" when they do not overlap and it is worse, "within noise" when they overlap (at least 3 seeds needed). The exit status is 1
 when a run failed (its cells say "failed").
 """
 import argparse
@@ -502,7 +502,8 @@ def main(argv=None):
         rows.append((row_name(c, o), len(args.seeds)))
         runs += [Run(row_name(c, o), s, c, run_dir(args.out, c, o, s), args.opts + o,
                      weights(c, o, s)) for s in args.seeds]
-    all_runs += [r for r in runs if r.output_dir not in {a.output_dir for a in all_runs}]
+    grid_dirs = {r.output_dir for r in all_runs}
+    all_runs += [r for r in runs if r.output_dir not in grid_dirs]
     done = iter(zip(runs, run_all(runs, args.jobs, threads, version)))
     results = {}
     for name, n in rows:
@@ -520,17 +521,16 @@ def main(argv=None):
     print("\n".join((grid + [""] if grid else []) + lines))
 
     if args.claim is not None:
-        path = results_path
         command = ".venv/bin/python tools/run_seeds.py " + shlex.join(argv)
         date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
         verdicts = verdict_rows(results, args.verdict_metrics or args.metrics)
         run_versions = [recorded_version(r.output_dir) for r in all_runs]
         weight_versions = [recorded_version(os.path.dirname(r.weights)) for r in all_runs
                            if r.weights]
-        write_section(path, args.claim.strip(), claim_section(
+        write_section(results_path, args.claim.strip(), claim_section(
             args.claim.strip(), command, date, version, grid, lines, verdicts, failed,
             run_versions, weight_versions))
-        print(f"wrote the section '## {args.claim.strip()}' of {path}")
+        print(f"wrote the section '## {args.claim.strip()}' of {results_path}")
     if failed:
         print(failed_line(failed), file=sys.stderr)
         raise SystemExit(1)
