@@ -39,8 +39,8 @@ replaced: the command line, date and commit (and, when reused runs were made at 
 each run's commit, recorded in `<run dir>/code_version.txt` when it starts), the grid, the table
 and per metric a verdict for each consecutive pair of configs (given worst-expected first):
 "reproduced" when the ranges over seeds do not overlap and the later config is better, "not
-reproduced" when they do not overlap and it is worse, "within noise" when they overlap (at least 3 seeds needed). The exit status is 1
-when a run failed (its cells say "failed").
+reproduced" when they do not overlap and it is worse, "within noise" when they overlap (at
+least 3 seeds needed). The exit status is 1 when a run failed (its cells say "failed").
 """
 import argparse
 import collections
