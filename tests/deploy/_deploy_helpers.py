@@ -21,7 +21,9 @@ _SOLO_TEST = ["MODEL.SOLOV2.SCORE_THR", "0.02", "MODEL.SOLOV2.UPDATE_THR", "0.01
 
 # one config per family (the ranking-loss variant; and SOLO / Decoupled SOLO, the SOLOv2
 # meta-architecture's other heads), small images, thresholds low enough that a briefly trained
-# model has detections for NMS / Matrix NMS / Fast NMS to work on
+# model has detections for NMS / Matrix NMS / Fast NMS to work on, at the learning rates these
+# brief trainings were measured with (the configs' rates suit 650 iterations)
+_LR_002, _LR_001 = ["SOLVER.BASE_LR", "0.02"], ["SOLVER.BASE_LR", "0.01"]
 FAMILY_CONFIGS = {
     "rs_mask_rcnn": ("shapes/rs_mask_rcnn_R_18_FPN_quick.yaml", _SMALL + [
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.01", "MODEL.RPN.POST_NMS_TOPK_TEST", "100"]),
@@ -30,18 +32,19 @@ FAMILY_CONFIGS = {
     # 150 candidates per level: P5 of the (wide) trace sample has more anchors (4 × 8 × 6), of
     # the test images fewer (4 × 4 × 6): the traced top-k size must follow the image
     "rs_paa": ("shapes/rs_paa_R_18_FPN_quick.yaml", _SMALL + [
-        "MODEL.RETINANET.SCORE_THRESH_TEST", "0.02", "MODEL.RETINANET.TOPK_CANDIDATES_TEST", "150"]),
+        "MODEL.RETINANET.SCORE_THRESH_TEST", "0.02", "MODEL.RETINANET.TOPK_CANDIDATES_TEST", "150"]
+        + _LR_002),
     "rs_yolact": ("shapes/rs_yolact_R_18_quick.yaml", [
-        "MODEL.YOLACT.INPUT_SIZE", "112", "MODEL.YOLACT.SCORE_THRESH_TEST", "0.02"]),
+        "MODEL.YOLACT.INPUT_SIZE", "112", "MODEL.YOLACT.SCORE_THRESH_TEST", "0.02"] + _LR_001),
     "rs_solov2": ("shapes/rs_solov2_R_18_FPN_quick.yaml", _SMALL + [
-        "MODEL.SOLOV2.SCORE_THR", "0.02", "MODEL.SOLOV2.UPDATE_THR", "0.01"]),
+        "MODEL.SOLOV2.SCORE_THR", "0.02", "MODEL.SOLOV2.UPDATE_THR", "0.01"] + _LR_001),
     # prior 0.5 (output biases 0): with the default 0.01 the mask logits start at σ = 0.01 and
     # after TRAIN_ITERS steps no mask reaches MASK_THR 0.5, so there would be no detection. 20
     # detections: the top of the score list, where no two scores are within ONNX Runtime's
     # rounding (the 100 best include near-ties, whose order may swap)
-    "solo": ("shapes/solo_R_18_FPN_quick.yaml", _SMALL + _SOLO_TEST),
+    "solo": ("shapes/solo_R_18_FPN_quick.yaml", _SMALL + _SOLO_TEST + _LR_001),
     "decoupled_solo": ("shapes/solo_R_18_FPN_quick.yaml", _SMALL + _SOLO_TEST + [
-        "MODEL.SOLOV2.INSTANCE_HEAD_TYPE", "decoupled"]),
+        "MODEL.SOLOV2.INSTANCE_HEAD_TYPE", "decoupled"] + _LR_001),
 }
 TRAIN_ITERS = 12
 

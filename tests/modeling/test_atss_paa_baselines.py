@@ -406,8 +406,9 @@ def test_configs_build_the_standard_heads(path):
         assert cfg.SOLVER.REFERENCE_WORLD_SIZE * cfg.SOLVER.REFERENCE_IMS_PER_PROCESS == 16
 
 
-# 128 px, 20 iterations of 4 images: finite losses, logged parts, and detections
+# 128 px, 20 iterations of 4 images at lr 0.02: finite losses, logged parts, and detections
 SMOKE = ["SOLVER.MAX_ITER", "20", "SOLVER.WARMUP_ITERS", "5", "SOLVER.STEPS", "(15,)",
+         "SOLVER.BASE_LR", "0.02",
          "SOLVER.IMS_PER_BATCH", "4", "SOLVER.CHECKPOINT_PERIOD", "1000",
          "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192",
          "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192",

@@ -22,7 +22,7 @@ OVERRIDES = [
     "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192",
     "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192",
     "MODEL.SOLOV2.FPN_SCALE_RANGES", "[[1,16],[8,32],[16,64],[32,128],[64,256]]",
-    "DATASETS.TEST", '("shapes_train",)', "SOLVER.WARMUP_ITERS", "30",
+    "DATASETS.TEST", '("shapes_train",)', "SOLVER.WARMUP_ITERS", "30", "SOLVER.BASE_LR", "0.01",
     "SOLVER.CHECKPOINT_PERIOD", "10000", "DATALOADER.NUM_WORKERS", "0", "SEED", "1",
 ]
 # Per model: iterations, extra overrides, floor of the final mask AP. Measured with these

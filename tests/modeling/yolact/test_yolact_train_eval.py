@@ -15,16 +15,17 @@ from conftest import load_tool, parse_copypaste, read_metrics, run_train_net
 
 from _yolact_helpers import REPO, SHAPES
 
-# 128 px inside the model (the 256 px images are resized by it), 120 iterations of 4 images
+# 128 px inside the model (the 256 px images are resized by it), 120 iterations of 4 images at
+# lr 0.01 (the rate of the floors below)
 SHORT = ["MODEL.YOLACT.INPUT_SIZE", "128", "SOLVER.MAX_ITER", "120", "SOLVER.STEPS", "(100,)",
+         "SOLVER.BASE_LR", "0.01",
          "SOLVER.WARMUP_ITERS", "20", "SOLVER.CHECKPOINT_PERIOD", "100000",
          "DATALOADER.NUM_WORKERS", "0", "SEED", "1", "TEST.OLRP.SAVE_THRESHOLDS", "False"]
 # Per loss: extra overrides and the data. RS-YOLACT trains on conftest's shapes_root (80 train
 # images at 256 px) and is evaluated on its 16 val images. Plain YOLACT (softmax + OHEM) learns
 # too slowly for that within 120 iterations (measured: box AP 0.86 with 1 torch thread at lr
 # 0.03, but 0.0 with 2 threads, and 0.0 at lr 0.01): it trains instead on 16 generated 128-px
-# images and is evaluated on the same images, so it must fit them (as test_solov2_train.py);
-# the config's own lr 0.01.
+# images and is evaluated on the same images, so it must fit them (as test_solov2_train.py).
 EXTRA = {"softmax_ohem": ["DATASETS.TEST", '("shapes_train",)'], "rank_sort": []}
 # Measured with SHORT + EXTRA, SEED 1 (2026-11-29), box / mask AP and AP50:
 #   YOLACT (fit set)  box 32.3 / 46.9, mask 11.1 / 27.1 with 1 torch thread;
