@@ -6,7 +6,8 @@ the CPU the PyTorch path is ~70 small operations whose dispatch costs more than 
 at the sizes detectors use. The file is compiled on first use with the system C compiler
 (``$CC``, default ``cc``) into the cache folder (``$RSLOSS_D2_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/rsloss_d2``, else ``~/.cache/rsloss_d2``; sub-folder ``kernels``), named by
-the source's hash, and loaded with ``ctypes``: no PyTorch headers, ~1 s to build. Built with
+the source's hash (the folder keeps the :data:`KEEP_BUILDS` most recently built versions), and
+loaded with ``ctypes``: no PyTorch headers, ~1 s to build. Built with
 OpenMP where the compiler has it, its passes over all logits use ``torch.get_num_threads()``
 threads.
 
@@ -23,6 +24,7 @@ operation besides the output allocations and the backward's product.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -52,6 +54,9 @@ __all__ = [
 
 IMPLEMENTATIONS = ("auto", "eager", "compiled")
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "ranking_losses.c")
+# libraries of other source versions (other checkouts, older releases) kept beside a new build;
+# an older one is rebuilt in ~1 s when needed again
+KEEP_BUILDS = 4
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +112,9 @@ def _build(folder: Optional[str] = None) -> ctypes.CDLL:
     if os.path.exists(path):
         try:
             return _declare(ctypes.CDLL(path))
-        except OSError:  # a damaged file in the cache: built again below
-            os.remove(path)
+        except OSError:  # a damaged (or just pruned) file in the cache: built again below
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
     os.close(fd)
@@ -127,7 +133,22 @@ def _build(folder: Optional[str] = None) -> ctypes.CDLL:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return _declare(ctypes.CDLL(path))
+    lib = _declare(ctypes.CDLL(path))
+    _prune(folder)
+    return lib
+
+
+def _prune(folder: str) -> None:
+    """Remove all but the :data:`KEEP_BUILDS` most recently built libraries of ``folder`` (a
+    process that has one loaded keeps its mapping)."""
+    builds = []
+    for name in os.listdir(folder):
+        if name.startswith("ranking_losses-") and name.endswith(".so"):
+            with contextlib.suppress(FileNotFoundError):
+                builds.append((os.path.getmtime(os.path.join(folder, name)), name))
+    for _, name in sorted(builds, reverse=True)[KEEP_BUILDS:]:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, name))
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:

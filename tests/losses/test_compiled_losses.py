@@ -188,6 +188,23 @@ def test_built_once_then_loaded_from_the_cache(fresh_build, monkeypatch):
     assert list((fresh_build / "kernels").glob("ranking_losses-*.so")) == built
 
 
+def test_a_new_build_keeps_only_the_most_recent_versions(fresh_build):
+    folder = fresh_build / "kernels"
+    folder.mkdir()
+    old = [folder / f"ranking_losses-{i:016x}.so" for i in range(compiled.KEEP_BUILDS + 2)]
+    for age, path in enumerate(old):  # old[0] the most recent
+        path.write_bytes(b"an older version")
+        os.utime(path, (1e9 - age * 1000, 1e9 - age * 1000))
+    other = folder / "notes.txt"
+    other.write_text("not a library")
+    assert compiled.library() is not None and compiled.build_seconds() is not None
+    left = sorted(folder.glob("ranking_losses-*.so"))
+    new = [p for p in left if p not in old]
+    assert len(new) == 1 and new[0].read_bytes()[:4] == b"\x7fELF"
+    assert left == sorted(new + old[: compiled.KEEP_BUILDS - 1])
+    assert other.exists()
+
+
 def test_without_a_compiler_auto_falls_back_and_compiled_is_an_error(fresh_build, monkeypatch,
                                                                       tmp_path):
     monkeypatch.setenv("CC", "no-such-compiler")
